@@ -1,0 +1,59 @@
+"""The ``subtune-edge`` command: one click command per verb.
+
+Commands live beside the code they drive (``subtune_edge/commands/*.py``) and are added to the
+group here; each turns :class:`~subtune_edge.errors.SubtuneError` into a one-line message and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .errors import SubtuneError
+
+# module -> command names it defines; a module that is missing (not built yet) is skipped.
+COMMAND_MODULES = {
+    "subtune_edge.commands.model": ["blocks", "plan"],
+    "subtune_edge.commands.train": ["tune", "profile"],
+    "subtune_edge.commands.export": ["export", "inspect", "predict"],
+    "subtune_edge.commands.bench": ["bench"],
+    "subtune_edge.commands.demo": ["demo"],
+}
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SubtuneError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="subtune-edge")
+def main() -> None:
+    """SubTune timm backbones per task and ship every task in one fused ONNX / TensorRT engine.
+
+    \b
+    Example (offline, on the bundled digits data):
+      subtune-edge demo --out demo-out
+    """
+
+
+for _module, _names in COMMAND_MODULES.items():
+    try:
+        _mod = importlib.import_module(_module)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _module:
+            raise
+        continue
+    for _name in _names:
+        main.add_command(getattr(_mod, _name.replace("-", "_")))
+
+
+if __name__ == "__main__":
+    main()

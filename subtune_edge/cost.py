@@ -1,0 +1,137 @@
+"""Parameters, bytes and FLOPs per unit and per sharing plan.
+
+FLOPs come from ``torch.utils.flop_counter`` (matmuls and convolutions, counted as 2 per MAC),
+measured on a batch of one at the task's input size, so they are the same numbers torch reports
+and cover any model the backbone adapters split. The *ideal ratio* fused/separate is what a
+perfectly compute-bound runtime would save; the benchmark puts measured latency beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .backbone import Backbone
+from .multitask import MultiTaskModel, SharingPlan, TaskModel
+from .task import Task
+
+
+@dataclass
+class Cost:
+    params: int = 0
+    bytes: int = 0
+    flops: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.bytes + other.bytes, self.flops + other.flops)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def unique_tensors(module: nn.Module, buffers: bool = True) -> list[torch.Tensor]:
+    """Parameters (and buffers) of ``module``, each storage counted once: shared weights are shared."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for t in [*module.parameters(), *(module.buffers() if buffers else ())]:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def size_of(module: nn.Module) -> Cost:
+    params = sum(t.numel() for t in unique_tensors(module, buffers=False))
+    return Cost(params=params, bytes=sum(t.numel() * t.element_size() for t in unique_tensors(module)))
+
+
+def count_flops(fn, *args) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn(*args)
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class UnitCost:
+    name: str
+    params: int
+    bytes: int
+    flops: int
+
+
+def unit_costs(backbone: Backbone, input_size: tuple[int, int] | None = None) -> list[UnitCost]:
+    """Cost of the stem, each unit and the neck + pool, in model order, at batch 1."""
+    h, w = input_size or backbone.data_config["input_size"][1:]
+    x = torch.zeros(1, 3, int(h), int(w))
+    neck_pool = nn.Sequential(backbone.neck, backbone.pool)
+    parts = [("stem", backbone.stem), *backbone.units.items(), ("neck+pool", neck_pool)]
+    out = []
+    for name, module in parts:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            y = module(x)
+        size = size_of(module)
+        out.append(UnitCost(name, size.params, size.bytes, int(counter.get_total_flops())))
+        x = y
+    return out
+
+
+def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: MultiTaskModel,
+              input_size: tuple[int, int] | None = None) -> dict:
+    """Trunk, per-branch, fused and separate costs for ``plan``, and the ideal ratios."""
+    h, w = input_size or backbone.data_config["input_size"][1:]
+    x = torch.zeros(1, 3, int(h), int(w))
+    units = unit_costs(backbone, (h, w))
+    by_name = {u.name: u for u in units}
+    trunk = Cost()
+    for name in ["stem", *plan.trunk_units]:
+        u = by_name[name]
+        trunk += Cost(u.params, u.bytes, u.flops)
+    neck_pool = by_name["neck+pool"]
+    branches = {}
+    for t, bp in zip(tasks, plan.branches):
+        head = Cost(t.head_in_features * t.num_classes + t.num_classes,
+                    4 * (t.head_in_features * t.num_classes + t.num_classes), 2 * t.head_in_features * t.num_classes)
+        tuned = Cost()
+        flops = neck_pool.flops
+        for name in plan.unit_names[bp.start:]:
+            u = by_name[name]
+            flops += u.flops
+            if name in t.tuned_units:
+                tuned += Cost(u.params, u.bytes, 0)
+        branches[t.name] = {"start_unit": bp.start_unit, "tuned_units": bp.tuned_units,
+                            **(tuned + head + Cost(0, 0, flops)).to_json()}
+    fused_size = size_of(fused)
+    fused_cost = Cost(fused_size.params, fused_size.bytes, count_flops(fused, x))
+    separate = Cost()
+    per_task_full = {}
+    for t in tasks:
+        model = TaskModel.from_task(backbone, t)
+        c = size_of(model)
+        c.flops = count_flops(model, x)
+        per_task_full[t.name] = c.to_json()
+        separate += c
+    plan.cost = {
+        "input_size": [int(h), int(w)],
+        "units": [asdict(u) for u in units],
+        "trunk": {"units": plan.trunk_units, **trunk.to_json()},
+        "branches": branches,
+        "fused": fused_cost.to_json(),
+        "separate": separate.to_json(),
+        "separate_per_task": per_task_full,
+        "ideal_ratio_flops": fused_cost.flops / separate.flops if separate.flops else None,
+        "ratio_bytes": fused_cost.bytes / separate.bytes if separate.bytes else None,
+    }
+    return plan.cost
+
+
+def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, int] | None = None,
+                with_cost: bool = True) -> MultiTaskModel:
+    """The fused module for ``tasks`` with its plan (and, by default, the plan's costs)."""
+    fused = MultiTaskModel(backbone, tasks)
+    if with_cost:
+        plan_cost(backbone, tasks, fused.plan, fused, input_size)
+    return fused

@@ -1,0 +1,36 @@
+"""Errors users can act on.
+
+Every error raised for bad input is a :class:`SubtuneError` whose message is one line that names
+the problem and the fix; the CLI prints it as is and exits non-zero, so library code never has
+to print or exit.
+"""
+
+from __future__ import annotations
+
+
+class SubtuneError(Exception):
+    """Base of every user-facing error; the message is a single actionable line."""
+
+
+class BackboneError(SubtuneError):
+    """Unknown model name, unsupported family, or a unit name the backbone does not have."""
+
+
+class WeightsError(SubtuneError):
+    """Weights that cannot be found, read or mapped onto the backbone."""
+
+
+class TaskFileError(SubtuneError):
+    """A task file that is corrupt, truncated, edited or incompatible with the backbone."""
+
+
+class DataError(SubtuneError):
+    """A dataset that cannot be used for training (too few classes, unreadable images, ...)."""
+
+
+class ExportError(SubtuneError):
+    """An export that cannot be written or fails verification."""
+
+
+class RuntimeMissingError(SubtuneError):
+    """An optional runtime (TensorRT, onnxruntime-gpu, Ray, ...) is not installed."""

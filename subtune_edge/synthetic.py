@@ -1,0 +1,35 @@
+"""Tasks that were never trained, for latency benchmarks and tests.
+
+What a task costs at inference depends only on which units it tunes and its head, not on what it
+learned, so benchmark suites build tasks like these instead of training; the tuned copies are
+perturbed so that no exporter can mistake them for the frozen originals.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backbone import Backbone
+from .multitask import TaskModel
+from .task import Task, make_task
+
+
+def synthetic_task(backbone: Backbone, name: str, units: list[str], num_classes: int = 10, *, seed: int = 0,
+                   siamese: bool = False, input_size: tuple[int, int] | None = None) -> Task:
+    """A task tuning ``units`` with seeded random changes to their weights and a random head."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TaskModel.for_training(backbone, units, num_classes, siamese=siamese)
+    with torch.no_grad():
+        for module in model.trainable_modules().values():
+            for p in module.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen) * (p.std() if p.numel() > 1 else 1.0))
+        model.head.weight.normal_(0, 0.05, generator=gen)
+    preprocessing = backbone.data_config
+    if input_size is not None:
+        preprocessing["input_size"] = (3, int(input_size[0]), int(input_size[1]))
+    tuned = {u: model.units[backbone.unit_index(u)] for u in units}
+    return make_task(name, backbone, tuned, model.head, labels=[f"class_{i}" for i in range(num_classes)],
+                     preprocessing=preprocessing, siamese=siamese,
+                     training={"mode": "synthetic", "seed": seed})

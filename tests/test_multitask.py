@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from subtune_edge.cost import build_fused
+from subtune_edge.errors import TaskFileError
+from subtune_edge.multitask import MultiTaskModel, TaskModel, backbone_for_tasks
+from subtune_edge.synthetic import synthetic_task
+
+from .helpers import SIZE, backbone_for, three_depth_tasks
+
+
+def _batch(n=3, seed=0):
+    return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fused_outputs_equal_each_standalone_task_and_trunk_runs_once(family_backbone):
+    tasks = three_depth_tasks(family_backbone)
+    fused = MultiTaskModel(family_backbone, tasks)
+    starts = {b.start for b in fused.plan.branches}
+    assert len(starts) == 3, "the three tasks must branch at three depths"
+    calls = []
+    hook = fused.stem.register_forward_hook(lambda *a: calls.append(1))
+    x = _batch()
+    try:
+        with torch.no_grad():
+            outputs = fused(x)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert len(outputs) == 3
+    for task, out in zip(tasks, outputs):
+        with torch.no_grad():
+            ref = TaskModel.from_task(family_backbone, task)(x)
+        assert out.shape == (3, task.num_classes)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_each_trunk_unit_runs_once_per_forward(resnet):
+    tasks = three_depth_tasks(resnet)
+    fused = MultiTaskModel(resnet, tasks)
+    counts = {n: 0 for n in resnet.unit_names}
+    hooks = [resnet.units[n].register_forward_hook(lambda *a, n=n: counts.__setitem__(n, counts[n] + 1))
+             for n in resnet.unit_names]
+    try:
+        with torch.no_grad():
+            fused(_batch(1))
+    finally:
+        for h in hooks:
+            h.remove()
+    trunk = fused.plan.trunk_units
+    assert all(counts[n] == 1 for n in trunk[:2])  # before any branch: shared once
+    # a frozen unit after a branch point runs once in the trunk and once more per branch that keeps it frozen
+    last_frozen = resnet.unit_names[-2]
+    users = sum(1 for t in tasks if last_frozen not in t.tuned_units and resnet.unit_index(t.tuned_units[0]) <= 6)
+    assert counts[last_frozen] == (1 if last_frozen in trunk else 0) + users
+
+
+def test_frozen_weights_exist_once(resnet):
+    tasks = three_depth_tasks(resnet)
+    fused = MultiTaskModel(resnet, tasks)
+    names = [n for n, _ in fused.named_parameters()]
+    assert len(names) == len(set(names))
+    ptrs = [p.data_ptr() for p in fused.parameters()]
+    assert len(ptrs) == len(set(ptrs))
+    # the frozen layer3.1, used after the 'middle' and 'early' branch points, is one object everywhere
+    frozen = resnet.units["layer3.1"]
+    holders = [u for b in fused.branches for u in b.units if u is frozen]
+    assert len(holders) == 2
+
+
+def test_linear_probe_and_siamese_tasks(family_backbone):
+    names = family_backbone.unit_names
+    tasks = [synthetic_task(family_backbone, "probe", [], 3, seed=1, input_size=(SIZE, SIZE)),
+             synthetic_task(family_backbone, "siam", [names[-2]], 4, seed=2, siamese=True, input_size=(SIZE, SIZE)),
+             synthetic_task(family_backbone, "plain", [names[len(names) // 2]], 2, seed=3, input_size=(SIZE, SIZE))]
+    fused = MultiTaskModel(family_backbone, tasks)
+    assert fused.plan.trunk_end == len(names)
+    x = _batch(2)
+    with torch.no_grad():
+        outputs = fused(x)
+        for task, out in zip(tasks, outputs):
+            torch.testing.assert_close(out, TaskModel.from_task(family_backbone, task)(x), atol=1e-5, rtol=1e-5)
+    assert tasks[1].head_in_features == 2 * family_backbone.num_features
+
+
+def test_plan_costs_add_up(resnet):
+    tasks = three_depth_tasks(resnet)
+    fused = build_fused(resnet, tasks, (SIZE, SIZE))
+    cost = fused.plan.cost
+    assert cost["fused"]["bytes"] < cost["separate"]["bytes"]
+    assert 0 < cost["ideal_ratio_flops"] < 1
+    # fused FLOPs = trunk + every branch (counted independently by the unit table)
+    branch_flops = sum(b["flops"] for b in cost["branches"].values())
+    assert cost["fused"]["flops"] == pytest.approx(cost["trunk"]["flops"] + branch_flops, rel=1e-6)
+    # separate = one full model per task
+    one_full = sum(u["flops"] for u in cost["units"])
+    heads = sum(2 * t.head_in_features * t.num_classes for t in tasks)
+    assert cost["separate"]["flops"] == pytest.approx(3 * one_full + heads, rel=1e-6)
+
+
+def test_tasks_of_other_backbones_or_weights_cannot_share_a_trunk(resnet):
+    r = synthetic_task(resnet, "r", ["layer4.1"], 2)
+    c = synthetic_task(backbone_for("convnext_atto"), "c", ["stages.3.blocks.1"], 2)
+    with pytest.raises(TaskFileError, match="task 'c' uses backbone 'convnext_atto'.*share one backbone"):
+        backbone_for_tasks([r, c])
+    odd = synthetic_task(resnet, "odd", ["layer4.1"], 2)
+    odd.fingerprint = "0" * 64
+    with pytest.raises(TaskFileError, match="task 'odd' was trained on other resnet18 weights than 'r'"):
+        backbone_for_tasks([r, odd])
