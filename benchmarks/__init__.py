@@ -1,0 +1,15 @@
+"""The benchmark harness: added latency and memory per task, fused engine vs full-finetuned copies.
+
+``subtune-edge bench`` drives it; ``benchmarks/suites/*.toml`` declare runs; results and the
+machines they came from live in ``benchmarks/results/``.
+"""
+
+from .harness import BenchConfig, Budget, Harness, ideal_ratio, prune_outputs
+from .report import SCHEMA, markdown, plots, write_report
+from .run import run_bench, run_suite
+from .stats import Summary, added_per_task, summarize
+from .suites import Suite, available, load_suite
+
+__all__ = ["BenchConfig", "Budget", "Harness", "ideal_ratio", "prune_outputs", "SCHEMA", "markdown", "plots",
+           "write_report", "run_bench", "run_suite", "Summary", "added_per_task", "summarize", "Suite",
+           "available", "load_suite"]
