@@ -239,3 +239,51 @@ def backbone_for_tasks(tasks: list[Task], weights: str | None = None) -> Backbon
     for t in tasks:
         t.check_backbone(backbone)
     return backbone
+
+
+class StackedMultiTaskModel(MultiTaskModel):
+    """The fused module with the paper's deployment trick for frozen units after branch points.
+
+    Where several branches run the *same* frozen unit at the same depth, their activations are
+    concatenated along the batch axis and the unit runs once on the stack, then the result is split
+    back. Outputs equal :class:`MultiTaskModel`'s; what changes is the number of kernel launches
+    (fewer, larger), which helps launch-bound GPUs at small batch and does little on CPUs.
+    """
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.stem(x)
+        taps = {0: h}
+        for i, unit in enumerate(self.trunk):
+            h = unit(h)
+            taps[i + 1] = h
+        n = self.num_units
+        frozen_features = None
+        if any(b.start == n or b.siamese for b in self.branches):
+            frozen_features = self.pool(self.neck(taps[n]))
+        active: dict[int, torch.Tensor] = {}  # branch index -> current activation
+        for depth in range(min(b.start for b in self.branches), n):
+            for j, b in enumerate(self.branches):
+                if b.start == depth:
+                    active[j] = taps[depth]
+            groups: dict[int, list[int]] = {}
+            for j in active:
+                unit = self.branches[j].units[depth - self.branches[j].start]
+                groups.setdefault(id(unit), []).append(j)
+            for members in groups.values():
+                unit = self.branches[members[0]].units[depth - self.branches[members[0]].start]
+                if len(members) == 1:
+                    active[members[0]] = unit(active[members[0]])
+                    continue
+                stacked = unit(torch.cat([active[j] for j in members], dim=0))
+                for j, part in zip(members, stacked.split([active[j].shape[0] for j in members], dim=0)):
+                    active[j] = part
+        outputs = []
+        for j, b in enumerate(self.branches):
+            if b.start == n:
+                features = frozen_features
+            else:
+                features = self.pool(self.neck(active[j]))
+                if b.siamese:
+                    features = torch.cat([features, frozen_features], dim=1)
+            outputs.append(b.head(features))
+        return tuple(outputs)

@@ -107,3 +107,29 @@ def test_tasks_of_other_backbones_or_weights_cannot_share_a_trunk(resnet):
     odd.fingerprint = "0" * 64
     with pytest.raises(TaskFileError, match="task 'odd' was trained on other resnet18 weights than 'r'"):
         backbone_for_tasks([r, odd])
+
+
+def test_stacked_branches_give_the_same_outputs(family_backbone):
+    from subtune_edge.multitask import StackedMultiTaskModel
+
+    names = family_backbone.unit_names
+    tasks = three_depth_tasks(family_backbone) + [
+        synthetic_task(family_backbone, "siam", [names[-2]], 2, seed=9, siamese=True, input_size=(SIZE, SIZE)),
+        synthetic_task(family_backbone, "probe", [], 2, seed=8, input_size=(SIZE, SIZE))]
+    plain, stacked = MultiTaskModel(family_backbone, tasks), StackedMultiTaskModel(family_backbone, tasks)
+    x = _batch(2)
+    with torch.no_grad():
+        for a, b in zip(plain(x), stacked(x)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # names[n//2 + 1] is frozen in both the 'middle' and the 'early' branch: one stacked call of batch 4
+    shared = family_backbone.units[names[len(names) // 2 + 1]]
+    calls = []
+    hook = shared.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        with torch.no_grad():
+            plain(x)
+            plain_calls, calls[:] = list(calls), []
+            stacked(x)
+    finally:
+        hook.remove()
+    assert plain_calls == [2, 2, 2] and calls == [2, 4]
