@@ -1,0 +1,283 @@
+"""`tune` and `profile`: train tasks, and see which units are worth training."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..backbone import BackboneSpec, model_args_for_input
+from ..data import DataSpec
+from ..executor import RunLog, make_executor
+from ..selection import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile, profile_sets
+from ..task import save_task
+from ..training import TrainConfig, get_backbone, get_data, train
+from ._options import input_size_option, split_csv, task_dir_option, weights_option
+
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_count(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """'250000' / '2.5M' / '0.4G' -> an integer."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    unit = text[-1] if text and text[-1] in _SUFFIX else ""
+    try:
+        number = float(text[:-1] if unit else text)
+        if number < 0 or not math.isfinite(number):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a count such as 250000, 2.5M or 0.4G") from None
+    return int(number * _SUFFIX[unit])
+
+
+def _training_options(f):
+    options = [
+        click.option("--data", "data_source", required=True, metavar="PATH|digits:TARGET",
+                     help="Image folder (root/train/<class>, root/val/<class>, or root/<class>) or the bundled "
+                          "digits: digits:digit, digits:parity, digits:ge5."),
+        weights_option,
+        input_size_option,
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=2), default=None,
+                     help="Default: 256 on CUDA (paper), 32 on CPU."),
+        click.option("--lr", type=float, default=None,
+                     help="Default: 1e-2 linear probe, 1e-3 CNN, 1e-4 ViT (paper)."),
+        click.option("--weight-decay", type=float, default=None, help="Default: 1e-2 CNN, 5e-5 ViT."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True),
+        click.option("--augment/--no-augment", default=None,
+                     help="RandomResizedCrop + flip. Default: on for image folders, off for digits."),
+        click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
+                     help="Compute the frozen prefix once when inputs are deterministic (no augmentation)."),
+        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+                     show_default=True, help="Held out for validation when the data has no val/ folder."),
+        click.option("--train-samples", type=click.IntRange(min=2), default=None,
+                     help="Train on a stratified subset of this many samples."),
+        click.option("--val-samples", type=click.IntRange(min=2), default=None,
+                     help="Validate on a stratified subset of this many samples (quicker searches)."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Parallel training runs (one process each; on CUDA spread over the GPUs)."),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _setup(model, data_source, weights, input_size, epochs, batch_size, lr, weight_decay, label_smoothing, augment,
+           prefix_cache, device, seed, val_fraction, train_samples, val_samples, siamese=False, seeds=(0,), folds=0):
+    spec = BackboneSpec(model, weights or "timm", model_args_for_input(model, input_size))
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         label_smoothing=label_smoothing, augment=augment, prefix_cache=prefix_cache,
+                         device=device, seed=seed)
+    data = DataSpec(data_source, tuple(input_size) if input_size else None, val_fraction, 0, train_samples,
+                    val_samples=val_samples)
+    return SearchSetup(spec, data, config, siamese, tuple(seeds), folds)
+
+
+class _Progress:
+    """Progress bars over runs and over the epochs of the current run (on stderr)."""
+
+    def __init__(self, enabled: bool):
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
+                            disable=not enabled, transient=True)
+        self.runs = None
+        self.epochs = None
+
+    @contextmanager
+    def running(self, runs_total: int | None = None, runs: bool = True):
+        with self.bar:
+            if runs:
+                self.runs = self.bar.add_task("runs", total=runs_total, info="")
+            self.epochs = self.bar.add_task("epochs", total=None, info="")
+            yield self
+
+    def on_epoch(self, event: str, info: dict) -> None:
+        if self.epochs is None:
+            return
+        if event == "start":
+            units = info["units"]
+            label = ",".join(units) if len(units) <= 3 else f"{units[0]}..{units[-1]} ({len(units)})"
+            self.bar.reset(self.epochs, total=info["epochs"], description=f"{info['mode']} {label or ''}".strip(),
+                           info="")
+        elif event == "epoch":
+            self.bar.update(self.epochs, advance=1, info=f"val acc {100 * info['val_accuracy']:.1f}%")
+
+    def on_run(self, spec, result: dict, reused: bool) -> None:
+        if self.runs is None:
+            return
+        units = ",".join(result["units"]) or "(linear probe)"
+        tag = " (from log)" if reused else ""
+        self.bar.update(self.runs, advance=1, info=f"last: {units[:40]} {100 * result['accuracy']:.1f}%{tag}")
+
+
+def _units_label(units: list[str], all_units: list[str]) -> str:
+    if not units:
+        return "(none: linear probe)"
+    if units == all_units:
+        return f"(all {len(units)} units)"
+    return ",".join(units)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--name", required=True, help="Task name; the task is written to TASK_DIR/NAME.safetensors.")
+@click.option("--blocks", default="auto", show_default=True, metavar="auto|none|all|UNITS",
+              help="Units to tune: auto = greedy selection, none = linear probe, all = full finetuning, or "
+                   "comma-separated unit names / prefixes (layer4 = every unit of layer4).")
+@click.option("--siamese", is_flag=True, help="Head on concat(tuned features, frozen features).")
+@_training_options
+@task_dir_option
+@click.option("--direction", type=click.Choice(["forward", "backward", "both"]), default="forward",
+              show_default=True, help="Greedy: add units from none, remove from all, or both and keep the better.")
+@click.option("--epsilon", type=float, default=0.01, show_default=True,
+              help="Greedy: stop when the best candidate gains less accuracy than this.")
+@click.option("--candidates", default=None, metavar="UNITS", help="Greedy: units it may choose from (default all).")
+@click.option("--max-units", type=click.IntRange(min=0), default=None, help="Greedy: at most this many units.")
+@click.option("--max-params", callback=parse_count, default=None, metavar="N",
+              help="Greedy: at most this many tuned parameters (e.g. 2.5M).")
+@click.option("--max-flops", callback=parse_count, default=None, metavar="N",
+              help="Greedy: at most this many branch FLOPs per image (e.g. 0.3G).")
+@click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Greedy: score sets by k-fold validation over the training split (for small data).")
+@click.option("--search-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Greedy: seeds averaged per candidate set.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="Greedy run log (resumable). Default: TASK_DIR/NAME.runs.json.")
+def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates, max_units, max_params, max_flops,
+         folds, search_seeds, log_path, workers, progress, **opts) -> None:
+    """Train a task on MODEL: SubTune the chosen units (or let greedy selection choose) and a new head.
+
+    \b
+    Examples:
+      subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:parity --name parity \\
+          --blocks blocks.6.0,conv_head --input-size 64 --epochs 3
+      subtune-edge tune resnet50 --data ./flowers --name flowers --blocks auto --device cuda
+    """
+    setup = _setup(model, siamese=siamese, seeds=tuple(opts["seed"] + i for i in range(search_seeds)), folds=folds,
+                   **opts)
+    backbone = get_backbone(setup.backbone)
+    data = get_data(setup.data, backbone.data_config)
+    console = Console()
+    ui = _Progress(progress)
+    greedy = None
+    if blocks.strip() == "auto":
+        cands = tuple(backbone.parse_units(candidates)) if candidates else None
+        gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands)
+        log = RunLog(Path(log_path) if log_path else Path(task_dir) / f"{name}.runs.json", setup.context())
+        with ui.running():
+            greedy = greedy_select(setup, gcfg, executor=make_executor(workers, setup.config.device), log=log,
+                                   on_run=ui.on_run, on_epoch=ui.on_epoch)
+        units = greedy.units
+    else:
+        units = backbone.parse_units(blocks)
+    with ui.running(runs=False):
+        # greedy may find that no unit beats the linear probe, which has no Siamese form
+        result = train(backbone, data, units, setup.config, siamese=siamese and (bool(units) or greedy is None),
+                       name=name, callback=ui.on_epoch)
+    path = save_task(result.task, Path(task_dir) / name)
+
+    if greedy is not None:
+        _render_greedy(console, greedy, backbone.unit_names, log.path)
+    r = result.record
+    table = Table(title=f"task '{name}' -> {path}")
+    table.add_column("field")
+    table.add_column("value")
+    rows = [("backbone", f"{model} ({setup.backbone.weights})"),
+            ("data", f"{data.source} ({len(data.labels)} classes)"),
+            ("mode", r["mode"]), ("tuned units", _units_label(units, backbone.unit_names)),
+            ("trainable params", f"{r['trainable_params'] / 1e6:.3f} M"),
+            ("input size", "x".join(str(v) for v in data.input_size)),
+            ("epochs / batch / lr", f"{r['epochs']} / {r['config']['batch_size']} / {r['config']['lr']:g}"),
+            ("train / val samples", f"{r['samples']} / {r['val_samples']}"),
+            ("val accuracy (final)", f"{100 * r['val_accuracy']:.2f}%"),
+            ("val accuracy (best)", f"{100 * r['best_val_accuracy']:.2f}% (epoch {r['best_epoch']})"),
+            ("prefix cache", "train + val" if r["prefix_cache"]["train"] else
+             ("val only" if r["prefix_cache"]["val"] else "off")),
+            ("device", r["device"]), ("time", f"{r['seconds']:.1f} s")]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def _render_greedy(console: Console, greedy, all_units: list[str], log_path) -> None:
+    table = Table(title=f"greedy selection ({greedy.direction} kept; {greedy.new_runs} runs, "
+                        f"{greedy.reused_runs} from the log {log_path})")
+    for col in ("search", "round", "best candidate", "accuracy", "gain", "kept"):
+        table.add_column(col, justify="right" if col in ("round", "accuracy", "gain") else "left")
+    for direction, s in greedy.searches.items():
+        for rd in s["rounds"]:
+            gain = "forced" if rd["forced"] else f"{100 * rd['gain']:+.2f}"
+            table.add_row(direction, str(rd["round"]), _units_label(rd["best"], all_units),
+                          f"{100 * rd['best_accuracy']:.2f}%", gain, "yes" if rd["accepted"] else "no")
+    console.print(table)
+    console.print(f"chosen: {_units_label(greedy.units, all_units)}  accuracy {100 * greedy.accuracy:.2f}%  "
+                  f"params {greedy.params / 1e6:.3f} M  branch {greedy.flops / 1e9:.3f} GFLOPs")
+
+
+@click.command()
+@click.argument("model")
+@_training_options
+@click.option("--window", default="1", show_default=True, metavar="1,2,3",
+              help="Window sizes: 1 = each unit alone, 2/3 = consecutive pairs / triples.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Seeds per set.")
+@click.option("--units", "unit_filter", default=None, metavar="UNITS",
+              help="Profile only these units (names / prefixes); references still use all units.")
+@click.option("--siamese", is_flag=True, help="Profile Siamese SubTuning.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for profile.json, profile.png and the resumable run log runs.json.")
+def profile(model, window, seeds, unit_filter, siamese, out, workers, progress, **opts) -> None:
+    """Finetuning profile of MODEL: accuracy of training each unit (or window of units) alone.
+
+    \b
+    Example:
+      subtune-edge profile tf_efficientnet_lite0 --weights offline --data digits:digit \\
+          --input-size 64 --epochs 3 --window 1,2 --seeds 3 --out profile-out
+    """
+    try:
+        windows = tuple(int(w) for w in split_csv(window))
+    except ValueError:
+        raise click.BadParameter(f"'{window}' is not a list of window sizes such as 1,2,3", param_hint="--window") \
+            from None
+    if not windows or min(windows) < 1:
+        raise click.BadParameter("window sizes must be positive integers", param_hint="--window")
+    setup = _setup(model, siamese=siamese, seeds=tuple(opts["seed"] + i for i in range(seeds)), **opts)
+    backbone = get_backbone(setup.backbone)
+    get_data(setup.data, backbone.data_config)  # fail early on bad data
+    units = backbone.parse_units(unit_filter) if unit_filter else None
+    out = Path(out)
+    log = RunLog(out / "runs.json", setup.context())
+    n_sets = len(profile_sets(backbone.unit_names, windows, units)) + 2
+    ui = _Progress(progress)
+    with ui.running(runs_total=n_sets * len(setup.seeds)):
+        prof = finetuning_profile(setup, windows, units, executor=make_executor(workers, setup.config.device),
+                                  log=log, on_run=ui.on_run, on_epoch=ui.on_epoch)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(prof.to_json(), indent=1))
+    png = plot_profile(prof, out / "profile.png")
+
+    console = Console()
+    table = Table(title=f"finetuning profile: {model} on {setup.data.source}, {len(setup.seeds)} seed(s), "
+                        f"{setup.config.epochs} epochs")
+    for col in ("units", "window", "val accuracy", "spread (std)", "runs"):
+        table.add_column(col, justify="left" if col == "units" else "right")
+    for ref, label in ((prof.linear_probe, "linear probe"), (prof.full_finetune, "full finetuning")):
+        table.add_row(f"[bold]{label}[/]", "", f"{100 * ref['mean']:.2f}%", f"{100 * ref['std']:.2f}",
+                      str(ref["runs"]))
+    for e in sorted(prof.entries, key=lambda e: (e["window"], e["start"])):
+        table.add_row(",".join(e["units"]), str(e["window"]), f"{100 * e['mean']:.2f}%", f"{100 * e['std']:.2f}",
+                      str(e["runs"]))
+    console.print(table)
+    console.print(f"wrote {out / 'profile.json'}, {png}, {log.path} "
+                  f"({prof.new_runs} runs, {prof.reused_runs} from the log)")
