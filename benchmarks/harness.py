@@ -152,7 +152,7 @@ class Harness:
         self.memory_probe = memory_probe
         names = [t["output"] for t in self.manifest["tasks"]]
         self.outputs = names[: config.max_tasks] if config.max_tasks else names
-        missing = [n for n in self.task_names if not (self.export_dir / "separate" / f"{n}.onnx").is_file()]
+        missing = [o for o in self.outputs if not (self.export_dir / "separate" / f"{o}.onnx").is_file()]
         if missing:
             raise ExportError(f"{self.export_dir} has no separate/{missing[0]}.onnx, the baseline to compare "
                               "against; re-export with `subtune-edge export --separate`")
@@ -197,7 +197,7 @@ class Harness:
         threads = self.config.threads
         if backend.startswith("ort"):
             fused_path = self._fused_onnx(k)
-            sep_paths = [self.export_dir / "separate" / f"{n}.onnx" for n in self.task_names[:k]]
+            sep_paths = [self.export_dir / "separate" / f"{o}.onnx" for o in self.outputs[:k]]
             fused = _Side([make_runner(backend, fused_path, threads=threads)], fused_path.stat().st_size)
             sep = _Side([make_runner(backend, p, threads=threads) for p in sep_paths],
                         sum(p.stat().st_size for p in sep_paths))

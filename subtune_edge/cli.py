@@ -19,7 +19,7 @@ COMMAND_MODULES = {
     "subtune_edge.commands.model": ["blocks", "plan"],
     "subtune_edge.commands.train": ["tune", "profile"],
     "subtune_edge.commands.export": ["export", "inspect", "predict"],
-    "subtune_edge.commands.bench": ["bench"],
+    "subtune_edge.commands.bench": ["bench", "profile-device"],
     "subtune_edge.commands.demo": ["demo"],
 }
 

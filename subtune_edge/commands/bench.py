@@ -115,3 +115,52 @@ def render_results(results: dict, console: Console | None = None) -> None:
                           f"{r['ratio']:.3f}", ideal, f"{r['added_ms_fused']:.2f}", f"{r['added_ms_separate']:.2f}",
                           f"{m['fused_weight_bytes'] / 1e6:.1f}/{m['separate_weight_bytes'] / 1e6:.1f}")
         console.print(table)
+
+
+@click.command("profile-device")
+@click.argument("model")
+@click.option("--backend", default="ort-cpu", show_default=True,
+              help="Where to measure: ort-cpu, ort-cuda, ort-trt, torch-cpu, torch-cuda.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size to measure at.")
+@click.option("--input-size", "input_size", default=None, metavar="H,W",
+              help="Input resolution; default: the model's pretrained config.")
+@click.option("--weights", default="random", show_default=True,
+              help="Weights to build the graphs with (latency does not depend on their values).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (recorded).")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per unit.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write costs.json.")
+def profile_device(model, backend, batch, input_size, weights, threads, seconds, out_path) -> None:
+    """Measure the added latency of a task branching at each unit of MODEL on this device.
+
+    The table feeds latency-budgeted selection (`subtune-edge tune --blocks auto --latency-budget MS
+    --costs costs.json`), also on another machine: it records where it was measured.
+
+    \b
+    Example:
+      subtune-edge profile-device tf_efficientnet_lite0 --backend ort-cpu --input-size 96 --out costs.json
+    """
+    import json
+
+    from benchmarks.device_costs import measure_device_costs
+    from benchmarks.harness import Budget
+
+    from ..task import atomic_write_bytes
+    from ._options import parse_input_size
+
+    size = parse_input_size(None, None, input_size)
+    bar, progress = _progress()
+    try:
+        costs = measure_device_costs(model, backend=backend, batch=batch, input_size=size, weights=weights,
+                                     threads=threads, budget=Budget(warmup=2, min_runs=10, max_runs=500,
+                                                                    seconds=seconds), progress=progress)
+    finally:
+        bar.close()
+    atomic_write_bytes(Path(out_path), (json.dumps(costs, indent=2) + "\n").encode())
+    table = Table(title=f"{model} on {backend}, batch {batch}: added latency of a branch at each unit")
+    for col in ("unit", "added ms", "branch GFLOPs", "unit MB"):
+        table.add_column(col, justify="left" if col == "unit" else "right")
+    for r in costs["units"]:
+        table.add_row(r["unit"], f"{r['added_ms']:.2f}", f"{r['branch_flops'] / 1e9:.3f}",
+                      f"{r['unit_bytes'] / 1e6:.2f}")
+    Console(width=120).print(table)
+    click.echo(f"wrote {out_path}")

@@ -1,0 +1,133 @@
+"""Device cost table: what a task's branch adds on the target device, for each branch point.
+
+A task that tunes a unit set S leaves the shared trunk at its first tuned unit i and re-runs units
+i..L-1 on its own; its added latency depends on i (and the head), not on which of those units
+it tuned. So one measurement per unit answers "what would a task branching here cost on this
+Jetson", and greedy selection can use the table anywhere (it records where it was measured).
+
+Each unit i is measured as the fused graph runs it: a graph holding a linear-probe task (the
+whole frozen trunk) plus one task branching at i, against the same graph pruned to the probe
+alone, alternated in one process on the same input; added = L(with branch) - L(trunk only).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.cost import unit_costs
+from subtune_edge.multitask import MultiTaskModel
+from subtune_edge.runners import make_runner, require
+from subtune_edge.synthetic import synthetic_task
+
+from . import environment
+from .harness import Budget, ProgressFn, measure_pair, prune_outputs
+from .stats import summarize
+
+FORMAT = "subtune-edge.device-costs"
+FORMAT_VERSION = 1
+HEAD_CLASSES = 10
+
+
+def _runners(backend: str, backbone, trunk, module: MultiTaskModel, size: tuple[int, int], batch: int,
+             threads: int | None, work: Path, tag: str):
+    """(with-branch runner, trunk-only runner) for one branch point."""
+    outputs = ["trunk", "branch"]
+    if backend.startswith("ort"):
+        from exporters import export_onnx
+
+        full = work / f"{tag}.onnx"
+        export_onnx(module, full, outputs, size, (batch, batch))
+        base = prune_outputs(full, ["trunk"], work / f"{tag}_trunk.onnx")
+        return make_runner(backend, full, threads=threads), make_runner(backend, base, threads=threads)
+    base_module = MultiTaskModel(backbone, [trunk])
+    return (make_runner(backend, module=module, output_names=outputs, threads=threads),
+            make_runner(backend, module=base_module, output_names=["trunk"], threads=threads))
+
+
+def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: int = 1,
+                         input_size: tuple[int, int] | None = None, weights: str = "random",
+                         threads: int | None = None, budget: Budget | None = None, units: list[str] | None = None,
+                         progress: ProgressFn | None = None) -> dict:
+    """Measure the added latency of a branch at every unit of ``model_name`` on ``backend``."""
+    require(backend)
+    budget = budget or Budget(warmup=2, min_runs=10, max_runs=100, seconds=2.0)
+    backbone = create_backbone(model_name, weights, **model_args_for_input(model_name, input_size))
+    size = tuple(input_size or backbone.data_config["input_size"][1:])
+    names = units or backbone.unit_names
+    table = {c.name: c for c in unit_costs(backbone, size)}
+    trunk = synthetic_task(backbone, "trunk", [], HEAD_CLASSES, seed=0, input_size=size)
+    x = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="device-costs-") as tmp:
+        for i, unit in enumerate(names):
+            if progress:
+                progress(f"{backend}: branch at {unit}", i, len(names))
+            branch = synthetic_task(backbone, "branch", [unit], HEAD_CLASSES, seed=i + 1, input_size=size)
+            module = MultiTaskModel(backbone, [trunk, branch])
+            with_branch, trunk_only = _runners(backend, backbone, trunk, module, size, batch, threads, Path(tmp),
+                                               f"u{i}")
+            try:
+                for r in (with_branch, trunk_only):
+                    r.stage({"input": x})
+                a, b = measure_pair([with_branch], [trunk_only], budget)
+            finally:
+                with_branch.deactivate()
+                trunk_only.deactivate()
+            start = backbone.unit_index(unit)
+            tail = backbone.unit_names[start:]
+            fa, fb = summarize(a, batch), summarize(b, batch)
+            rows.append({
+                "unit": unit, "index": start,
+                "added_ms": fa.median_ms - fb.median_ms,
+                "added_ms_p90": fa.p90_ms - fb.median_ms,
+                "with_branch_ms": fa.median_ms, "trunk_only_ms": fb.median_ms,
+                "branch_flops": sum(table[u].flops for u in tail) + table["neck+pool"].flops
+                + 2 * backbone.num_features * HEAD_CLASSES,
+                "unit_bytes": table[unit].bytes, "unit_params": table[unit].params,
+                "bytes_if_tail_tuned": sum(table[u].bytes for u in tail),
+            })
+    if progress:
+        progress("done", len(names), len(names))
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": model_name, "weights": weights, "input_size": list(size), "batch": batch, "backend": backend,
+        "threads": threads, "budget": asdict(budget), "head_classes": HEAD_CLASSES,
+        "environment": environment.describe(),
+        "units": rows,
+    }
+
+
+def read_costs(path: str | Path) -> dict:
+    import json
+
+    from subtune_edge.errors import SubtuneError
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SubtuneError(f"cannot read cost table {p} ({exc}); create it with `subtune-edge profile-device`") \
+            from exc
+    if data.get("format") != FORMAT:
+        raise SubtuneError(f"{p} is not a device cost table; create it with `subtune-edge profile-device`")
+    return data
+
+
+def latency_of(costs: dict, units: list[str] | tuple[str, ...]) -> float:
+    """Added latency (ms, median) of a task tuning ``units``: the branch at its first unit."""
+    if not units:
+        return 0.0
+    by_unit = {r["unit"]: r for r in costs["units"]}
+    missing = [u for u in units if u not in by_unit]
+    if missing:
+        from subtune_edge.errors import SubtuneError
+
+        raise SubtuneError(f"the cost table for {costs['model']} has no unit '{missing[0]}'; re-measure it with "
+                           "`subtune-edge profile-device` for this model")
+    first = min(units, key=lambda u: by_unit[u]["index"])
+    return max(by_unit[first]["added_ms"], 0.0)

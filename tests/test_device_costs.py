@@ -1,0 +1,51 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.device_costs import latency_of, measure_device_costs, read_costs
+from benchmarks.harness import Budget
+from subtune_edge.cli import main
+from subtune_edge.errors import SubtuneError
+
+TINY = Budget(warmup=1, min_runs=3, max_runs=5, seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def costs():
+    return measure_device_costs("resnet18", backend="ort-cpu", input_size=(32, 32), threads=1, budget=TINY)
+
+
+def test_cost_table_is_complete_and_flops_are_monotone(costs):
+    from subtune_edge.backbone import create_backbone
+
+    names = create_backbone("resnet18", "random").unit_names
+    assert [r["unit"] for r in costs["units"]] == names
+    flops = [r["branch_flops"] for r in costs["units"]]
+    assert all(a >= b for a, b in zip(flops, flops[1:])), "a branch from an earlier unit is never cheaper"
+    tail = [r["bytes_if_tail_tuned"] for r in costs["units"]]
+    assert all(a >= b for a, b in zip(tail, tail[1:]))
+    assert all(r["with_branch_ms"] > 0 and r["trunk_only_ms"] > 0 for r in costs["units"])
+    assert costs["environment"]["cpu"] and costs["backend"] == "ort-cpu"
+
+
+def test_latency_of_a_set_is_the_branch_at_its_first_unit(costs):
+    by_unit = {r["unit"]: r["added_ms"] for r in costs["units"]}
+    assert latency_of(costs, []) == 0
+    assert latency_of(costs, ["layer4.1", "layer2.0"]) == pytest.approx(max(by_unit["layer2.0"], 0))
+    with pytest.raises(SubtuneError, match="no unit 'blocks.0'"):
+        latency_of(costs, ["blocks.0"])
+
+
+def test_torch_backend_and_cli(tmp_path):
+    c = measure_device_costs("resnet18", backend="torch-cpu", input_size=(32, 32), threads=1, budget=TINY,
+                             units=["layer4.0", "layer4.1"])
+    assert [r["unit"] for r in c["units"]] == ["layer4.0", "layer4.1"]
+    out = tmp_path / "costs.json"
+    result = CliRunner().invoke(main, ["profile-device", "resnet18", "--input-size", "32", "--seconds", "0",
+                                       "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_costs(out)["model"] == "resnet18"
+    out.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(SubtuneError, match="not a device cost table"):
+        read_costs(out)
