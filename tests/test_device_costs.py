@@ -43,9 +43,9 @@ def test_torch_backend_and_cli(tmp_path):
     assert [r["unit"] for r in c["units"]] == ["layer4.0", "layer4.1"]
     out = tmp_path / "costs.json"
     result = CliRunner().invoke(main, ["profile-device", "resnet18", "--input-size", "32", "--seconds", "0",
-                                       "--threads", "1", "--out", str(out)])
+                                       "--threads", "1", "--units", "layer4.1", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert read_costs(out)["model"] == "resnet18"
+    assert [r["unit"] for r in read_costs(out)["units"]] == ["layer4.1"]
     out.write_text(json.dumps({"format": "other"}))
     with pytest.raises(SubtuneError, match="not a device cost table"):
         read_costs(out)

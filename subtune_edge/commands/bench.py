@@ -128,8 +128,9 @@ def render_results(results: dict, console: Console | None = None) -> None:
               help="Weights to build the graphs with (latency does not depend on their values).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (recorded).")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per unit.")
+@click.option("--units", default=None, help="Only these units or stages (e.g. layer3,layer4); default: all.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write costs.json.")
-def profile_device(model, backend, batch, input_size, weights, threads, seconds, out_path) -> None:
+def profile_device(model, backend, batch, input_size, weights, threads, seconds, units, out_path) -> None:
     """Measure the added latency of a task branching at each unit of MODEL on this device.
 
     The table feeds latency-budgeted selection (`subtune-edge tune --blocks auto --latency-budget MS
@@ -148,11 +149,16 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
     from ._options import parse_input_size
 
     size = parse_input_size(None, None, input_size)
+    chosen = None
+    if units:
+        from ..backbone import create_backbone, model_args_for_input
+
+        chosen = create_backbone(model, "random", **model_args_for_input(model, size)).parse_units(units)
     bar, progress = _progress()
     try:
         costs = measure_device_costs(model, backend=backend, batch=batch, input_size=size, weights=weights,
                                      threads=threads, budget=Budget(warmup=2, min_runs=10, max_runs=500,
-                                                                    seconds=seconds), progress=progress)
+                                                                    seconds=seconds), units=chosen, progress=progress)
     finally:
         bar.close()
     atomic_write_bytes(Path(out_path), (json.dumps(costs, indent=2) + "\n").encode())
