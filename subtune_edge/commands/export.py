@@ -1,0 +1,247 @@
+"""`export`, `inspect` and `predict`: ship tasks as one verified graph, look at it, try it on images."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ExportError
+from ._options import input_size_option, split_csv, task_dir_option, weights_option
+
+
+def _mb(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.2f}"
+
+
+def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
+    from exporters.shapes import parse_batch
+
+    try:
+        return parse_batch(value)
+    except ExportError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--tasks", "task_list", required=True, metavar="A,B,C",
+              help="Comma-separated task names (in --task-dir) or paths to task files; outputs keep this order.")
+@task_dir_option
+@click.option("--out", required=True, type=click.Path(), help="Export folder to write (replaced atomically).")
+@weights_option
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (the dynamo exporter uses 18 or later).")
+@click.option("--batch", "batch", default="1:32", show_default=True, callback=_batch, metavar="MIN:MAX",
+              help="Batch range: N (fixed), MIN:MAX (dynamic) or MIN:OPT:MAX (OPT: the batch TensorRT tunes for).")
+@input_size_option
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights and compute, float32 I/O).")
+@click.option("--trt", is_flag=True, help="Also build model.plan with TensorRT (needs the 'trt' extra and a GPU).")
+@click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
+@click.option("--no-verify", "no_verify", is_flag=True, help="Skip comparing every output with PyTorch.")
+@click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter instead of TorchScript.")
+@click.option("--images", "images", multiple=True, type=click.Path(exists=True),
+              help="Image files or folders to verify on, besides the seeded batch (repeatable).")
+@click.option("--workspace", default=1024, show_default=True, metavar="MB", help="TensorRT workspace pool limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache file, reused across builds (default: ~/.cache/subtune-edge/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
+def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size, fp16: bool,
+           trt: bool, separate: bool, no_verify: bool, dynamo: bool, images: tuple[str, ...], workspace: int,
+           timing_cache: str | None, as_json: bool) -> None:
+    """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
+
+    The frozen trunk runs once and each task adds only its own branch. Every output is checked
+    against the PyTorch task model in ONNX Runtime; past tolerance nothing is written.
+
+    \b
+    Example:
+      subtune-edge export --tasks digit,parity,ge5 --task-dir demo-out/tasks --out demo-out/export --separate
+    """
+    from exporters import export_tasks
+    from exporters.tensorrt import require_tensorrt
+
+    from ..task import load_tasks
+
+    if trt:
+        require_tensorrt()  # before anything else: a missing TensorRT costs nothing
+    names = split_csv(task_list)
+    if not names:
+        raise click.BadParameter("give at least one task", param_hint="--tasks")
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    tasks = load_tasks(names, task_dir)
+    with console.status("exporting", spinner="dots") as status:
+        manifest = export_tasks(tasks, out, weights=weights, opset=opset, batch=batch, input_size=input_size,
+                                fp16=fp16, trt=trt, separate=separate, verify=not no_verify, dynamo=dynamo,
+                                progress=lambda msg: status.update(msg), images=list(images) or None,
+                                workspace=workspace << 20, timing_cache=timing_cache)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    console = Console()
+    console.print(f"[bold green]exported[/] {len(tasks)} task(s) to [bold]{out}[/] in "
+                  f"{time.perf_counter() - start:.1f} s")
+    _render_files(console, manifest)
+    _render_verification(console, manifest)
+    _render_sizes(console, manifest)
+
+
+def _render_files(console: Console, manifest: dict, status: dict[str, str] | None = None) -> None:
+    table = Table(title="files")
+    for col in ("file", "MB", "what", *(["sha256"] if status else [])):
+        table.add_column(col, justify="right" if col == "MB" else "left")
+    onnx = manifest.get("onnx") or {}
+    for rel, rec in manifest["files"].items():
+        what = {"model.onnx": "fused, fp32", "model.fp16.onnx": "fused, fp16", "model.plan": "TensorRT engine"}.get(
+            rel, "one task, full model" if rel.startswith("separate/") else "weights" if rel.endswith(".data") else "")
+        if rel in onnx and "initializers" in onnx[rel]:
+            what += f", {onnx[rel]['initializers']} tensors"
+        row = [rel, _mb(rec["bytes"]), what]
+        if status:
+            st = status.get(rel, "?")
+            row.append("[green]ok[/]" if st == "ok" else f"[red]{st}[/]")
+        table.add_row(*row)
+    for rel, st in (status or {}).items():
+        if rel not in manifest["files"]:
+            table.add_row(rel, "", "", f"[yellow]{st}[/]")
+    console.print(table)
+
+
+def _render_verification(console: Console, manifest: dict) -> None:
+    ver = manifest.get("verification") or {}
+    if not ver.get("results"):
+        console.print(f"verification: [yellow]skipped[/] ({ver.get('skipped', 'not run')})")
+        return
+    inputs = ", ".join(f"{i['kind']} x{i['batch']}" for i in ver.get("inputs", []))
+    table = Table(title=f"verification against PyTorch ({inputs})")
+    for col in ("file", "task", "max abs", "rel. to scale", "top-1 agree", "tolerance", "ok"):
+        table.add_column(col, justify="left" if col in ("file", "task", "tolerance") else "right")
+    for r in ver["results"]:
+        table.add_row(r["file"], r["task"], f"{r['max_abs']:.2e}", f"{r['max_rel']:.2e}",
+                      f"{r['top1_agreement']:.0%}", r["tolerance"], "[green]yes[/]" if r["passed"] else "[red]NO[/]")
+    console.print(table)
+    tols = ver.get("tolerances") or {}
+    used = {r["tolerance"] for r in ver["results"]}
+    for name in sorted(used):
+        if name in tols:
+            t = tols[name]
+            console.print(f"  {name}: |error| <= {t['rel']:g} x output scale; top-1 must agree unless the "
+                          f"reference's top-2 margin is under {t['tie']:g} x scale")
+
+
+def _render_sizes(console: Console, manifest: dict) -> None:
+    sizes = manifest.get("sizes") or {}
+    cost = (manifest.get("plan") or {}).get("cost") or {}
+    line = f"fused model.onnx {_mb(sizes.get('fused_bytes'))} MB"
+    if "separate_bytes" in sizes:
+        line += f" vs {_mb(sizes['separate_bytes'])} MB for separate copies (ratio {sizes['ratio']:.3f})"
+    if cost.get("ideal_ratio_flops") is not None:
+        line += f"; ideal FLOPs ratio fused/separate {cost['ideal_ratio_flops']:.3f}"
+    console.print(line)
+    trt = manifest.get("tensorrt")
+    if trt:
+        console.print(f"TensorRT {trt['version']} {trt['precision']} engine from {trt['onnx_file']}: weights "
+                      f"{_mb(trt.get('weights_bytes'))} MB, activations {_mb(trt.get('activation_bytes'))} MB, "
+                      f"profile {trt['profile']['min'][0]}/{trt['profile']['opt'][0]}/{trt['profile']['max'][0]}")
+
+
+@click.command()
+@click.argument("out", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and the hash check as JSON.")
+def inspect(out: str, as_json: bool) -> None:
+    """Show an export's manifest readably and re-check the sha256 of every file.
+
+    Exits with an error when a file is missing or changed since export.
+
+    \b
+    Example:
+      subtune-edge inspect demo-out/export
+    """
+    from exporters.manifest import check_files, read_manifest, require_intact
+
+    manifest = read_manifest(out)
+    status = check_files(out, manifest)
+    if as_json:
+        click.echo(json.dumps({"manifest": manifest, "files_check": status}, indent=2))
+    else:
+        console = Console()
+        bb = manifest["backbone"]
+        batch = manifest["batch"]
+        console.print(f"[bold]{out}[/]: {len(manifest['tasks'])} task(s) on [bold]{bb['model_name']}[/] "
+                      f"(weights {bb.get('weights')}, fingerprint {bb.get('fingerprint', '')[:12]}…), "
+                      f"created {manifest.get('created', '?')}")
+        shape = manifest["input"]["shape"]
+        pre = manifest["preprocessing"]
+        dims = " x ".join(map(str, shape))
+        console.print(f"input '{manifest['input']['name']}' {manifest['input']['dtype']} {dims}, batch "
+                      f"{batch['min']}..{batch['max']}{' (dynamic)' if batch.get('dynamic') else ' (fixed)'}; "
+                      f"opset {manifest['opset']} ({manifest.get('exporter', '?')} exporter)")
+        console.print(f"preprocessing: resize {pre.get('interpolation')} (crop_pct {pre.get('crop_pct')}, "
+                      f"{pre.get('crop_mode')} crop) to {pre['input_size'][1]}x{pre['input_size'][2]}, "
+                      f"mean {pre.get('mean')}, std {pre.get('std')}")
+        table = Table(title="tasks (outputs in this order)")
+        for col in ("task", "output", "shape", "labels", "tuned units", "mode", "val. acc."):
+            table.add_column(col)
+        for t in manifest["tasks"]:
+            labels = ", ".join(t["labels"][:4]) + (", …" if len(t["labels"]) > 4 else "")
+            units = ",".join(t.get("tuned_units") or []) or "(linear probe)"
+            acc = t.get("val_accuracy")
+            table.add_row(t["name"], t["output"], " x ".join(map(str, t["shape"])), labels or "(indices)",
+                          units if len(units) < 40 else units[:37] + "...", str(t.get("mode", "")),
+                          "" if acc is None else f"{acc:.3f}")
+        console.print(table)
+        _render_files(console, manifest, status)
+        _render_verification(console, manifest)
+        _render_sizes(console, manifest)
+        if manifest.get("plan", {}).get("cost"):
+            from .model import render_plan
+
+            render_plan(manifest["plan"], console)
+        versions = ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())
+        console.print(f"versions: {versions}")
+    require_intact(out, manifest)
+
+
+@click.command()
+@click.argument("out", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--topk", default=3, show_default=True, help="Labels to show per task.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
+              help="ONNX Runtime CPU / CUDA provider (auto: CUDA where available), or the TensorRT plan.")
+@click.option("--fp16", is_flag=True, help="Run model.fp16.onnx instead of model.onnx.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per image.")
+def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: bool, as_json: bool) -> None:
+    """Run an export on images and print each task's top-k labels with softmax scores.
+
+    Preprocessing is the manifest's (what an app must do); this is the reference the C++ runner
+    is compared against.
+
+    \b
+    Example:
+      subtune-edge predict demo-out/export photo1.jpg photo2.png --topk 2
+    """
+    from ..runtime import load_export
+
+    if topk < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--topk")
+    with load_export(out, device=device, precision="fp16" if fp16 else "fp32") as model:
+        results = model.predict(list(images), topk=topk)
+        runner = model.runner.name
+    if as_json:
+        payload = [{"image": str(img), "tasks": {task: [{"label": lab, "score": round(score, 6)} for lab, score in top]
+                                                 for task, top in res.items()}}
+                   for img, res in zip(images, results)]
+        click.echo(json.dumps(payload, indent=2))
+        return
+    console = Console()
+    for img, res in zip(images, results):
+        table = Table(title=f"{Path(img).name} ({runner})", title_justify="left")
+        table.add_column("task")
+        for k in range(topk):
+            table.add_column(f"#{k + 1}")
+        for task, top in res.items():
+            table.add_row(task, *[f"{lab} ({score:.3f})" for lab, score in top])
+        console.print(table)
