@@ -38,7 +38,7 @@ const char* const kUsage =
     "  --backend NAME      onnxruntime (default) or tensorrt\n"
     "  --model FILE        model file inside the export (default model.onnx, or model.plan for tensorrt)\n"
     "  --threads N         ONNX Runtime intra-op threads (default: ONNX Runtime's choice)\n"
-    "  --dump-outputs DIR  also write each task's logits to DIR/<task>.npy\n"
+    "  --dump-outputs DIR  also write each task's logits to DIR/<output name>.npy\n"
     "  --dump-input FILE   also write the preprocessed input tensor to FILE (.npy)\n"
     "  --no-verify         skip the sha256 check of the model file against manifest.json\n"
     "  --version           print the runtime's version and backends\n";
@@ -187,10 +187,12 @@ int run(int argc, char** argv) {
     std::filesystem::create_directories(args.dump_outputs, ec);
     if (ec) throw se::Error("cannot create " + args.dump_outputs.string() + ": " + ec.message());
     for (const auto& [task, logits] : outputs) {
-      if (task.find('/') != std::string::npos || task.find('\\') != std::string::npos || task == "." || task == "..") {
-        throw se::Error("task name '" + task + "' cannot be used as a file name for --dump-outputs");
+      // Output names are identifiers (the exporter sanitises task names), so they make safe file names.
+      const std::string& name = runner.manifest().task(task).output;
+      if (name.find('/') != std::string::npos || name.find('\\') != std::string::npos || name == "." || name == "..") {
+        throw se::Error("output name '" + name + "' cannot be used as a file name for --dump-outputs");
       }
-      se::save_npy(args.dump_outputs / (task + ".npy"), logits);
+      se::save_npy(args.dump_outputs / (name + ".npy"), logits);
     }
   }
   if (args.json) {

@@ -9,7 +9,7 @@
 #
 # usage: examples/cpp/scripts/build_ci.sh [release|asan|all]     (default: all)
 #   release: -O2, -Wall -Wextra -Werror        -> examples/cpp/build-ci/release/subtune_edge_run
-#   asan:    AddressSanitizer + UBSan, -Werror -> examples/cpp/build-ci/asan/subtune_edge_run
+#   asan:    AddressSanitizer + UBSan, -O1 -g, -Werror -> examples/cpp/build-ci/asan/subtune_edge_run
 # environment:
 #   PYTHON               the Python whose onnxruntime wheel to use (default: python3)
 #   SUBTUNE_EDGE_CACHE   cache folder (default: ${XDG_CACHE_HOME:-~/.cache}/subtune-edge)
@@ -22,7 +22,7 @@ case "$VARIANT" in release|asan|all) ;; *) echo "usage: $0 [release|asan|all]" >
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"           # examples/cpp
 PYTHON="${PYTHON:-python3}"
-CACHE="${SUBTUNE_EDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/subtune-edge}/cpp-deps"
+CACHE="${SUBTUNE_EDGE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/subtune-edge}/cpp-deps"
 BUILD_ROOT="$HERE/build-ci"
 JOBS="${BUILD_JOBS:-2}"
 EX_UNAVAILABLE=75
@@ -32,6 +32,17 @@ die() { echo "build_ci: error: $*" >&2; exit 1; }
 unreachable() { echo "build_ci: registry unreachable: $*" >&2; exit "$EX_UNAVAILABLE"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
 network_failure() { grep -qiE "could not resolve|temporary failure|failed to fetch|unable to connect|connection (failed|timed out|refused)|network is unreachable|no route to host" "$1"; }
+
+# The Debian mirror this machine's apt already uses for its own release (DEBIAN_MIRROR overrides).
+debian_mirror() {
+  if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "${DEBIAN_MIRROR%/}"; return; fi
+  local codename uri
+  codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+  uri="$(apt-get -o Debug::NoLocking=1 update --print-uris 2>/dev/null \
+    | sed -n "s|^'\(.*\)/dists/$codename/InRelease'.*|\1|p" | head -n 1)"
+  [ -n "$uri" ] || die "cannot tell which Debian mirror this machine uses; set DEBIAN_MIRROR to one"
+  echo "$uri"
+}
 
 # ---- 1. build tools and header-only libraries from the system's own Debian archive ----------------
 need=()
@@ -72,7 +83,8 @@ if [ -z "$UNPACKED" ] || [ ! -f "$UNPACKED/usr/include/onnxruntime/onnxruntime_c
   APT="$DEB_DIR/apt"
   mkdir -p "$APT/etc" "$APT/state/lists/partial" "$APT/cache/archives/partial" "$DEB_DIR/download"
   : >"$APT/state/status"
-  echo "deb [signed-by=$KEYRING] http://deb.debian.org/debian trixie main" >"$APT/etc/sources.list"
+  MIRROR="$(debian_mirror)" || exit 1
+  echo "deb [signed-by=$KEYRING] $MIRROR trixie main" >"$APT/etc/sources.list"
   apt_opts=(
     -o "Dir::Etc::sourcelist=$APT/etc/sources.list" -o "Dir::Etc::sourceparts=-"
     -o "Dir::Etc::preferences=/dev/null" -o "Dir::Etc::preferencesparts=-"
@@ -88,7 +100,7 @@ if [ -z "$UNPACKED" ] || [ ! -f "$UNPACKED/usr/include/onnxruntime/onnxruntime_c
     cat "$out" >&2
     if network_failure "$out"; then rm -f "$out"; unreachable "cannot fetch Debian trixie's package lists"; fi
     rm -f "$out"
-    die "apt-get update (private trixie configuration) failed"
+    die "apt-get update of Debian trixie from $MIRROR failed (set DEBIAN_MIRROR to a Debian mirror)"
   fi
   if ! (cd "$DEB_DIR/download" && apt-get "${apt_opts[@]}" download libonnxruntime-dev) >"$out" 2>&1; then
     cat "$out" >&2
@@ -140,5 +152,20 @@ build() {  # name, extra cmake args...
   echo "$dir/subtune_edge_run"
 }
 mkdir -p "$BUILD_ROOT"
+# The other way users get ONNX Runtime, a release archive (include/, lib/): check that CMake finds it
+# through ONNXRUNTIME_ROOT (configure only; the compile is the same as the release build's).
+ARCHIVE="$BUILD_ROOT/onnxruntime-archive-layout"
+rm -rf "$ARCHIVE" && mkdir -p "$ARCHIVE/lib" && cp -a "$HEADERS" "$ARCHIVE/include"
+ln -s "$ORT_LIB" "$ARCHIVE/lib/libonnxruntime.so.$ORT_LIB_VERSION"
+ln -s "libonnxruntime.so.$ORT_LIB_VERSION" "$ARCHIVE/lib/libonnxruntime.so.1"
+ln -s libonnxruntime.so.1 "$ARCHIVE/lib/libonnxruntime.so"
+cmake -S "$HERE" -B "$BUILD_ROOT/archive-check" -DONNXRUNTIME_ROOT="$ARCHIVE" >"$BUILD_ROOT/archive-check.log" 2>&1 \
+  || { cat "$BUILD_ROOT/archive-check.log" >&2; die "configuring with -DONNXRUNTIME_ROOT (release archive layout) failed"; }
+grep -q "ONNX Runtime: $ARCHIVE/lib/libonnxruntime.so" "$BUILD_ROOT/archive-check.log" \
+  || die "-DONNXRUNTIME_ROOT did not select the archive's library (see $BUILD_ROOT/archive-check.log)"
+
 if [ "$VARIANT" = release ] || [ "$VARIANT" = all ]; then build release; fi
-if [ "$VARIANT" = asan ] || [ "$VARIANT" = all ]; then build asan -DSUBTUNE_EDGE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo; fi
+# -O1 -g, as the sanitizer documentation advises: good stacks, and a third of -O2's compile time here.
+if [ "$VARIANT" = asan ] || [ "$VARIANT" = all ]; then
+  build asan -DSUBTUNE_EDGE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g"
+fi

@@ -92,6 +92,8 @@ bool is_safe_relative(const std::string& rel) {
   return true;
 }
 
+constexpr int64_t kMaxSide = 1 << 14;  // as the image decoder's limit
+
 const std::set<std::string> kFilters = {"nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"};
 
 }  // namespace
@@ -131,6 +133,7 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& where)
   m.height = shape.at(2).integer();
   m.width = shape.at(3).integer();
   if (m.channels <= 0 || m.height <= 0 || m.width <= 0) shape.fail("must have positive C, H, W");
+  if (m.height > kMaxSide || m.width > kMaxSide) shape.fail("is larger than " + std::to_string(kMaxSide) + " pixels");
 
   // batch
   Node batch = root["batch"];
@@ -154,9 +157,11 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& where)
   if (p.channels != m.channels || p.height != m.height || p.width != m.width) {
     size.fail("does not match input.shape " + shape_string({m.channels, m.height, m.width}));
   }
+  if (m.channels != 3) shape.fail("must have 3 channels (RGB)");
   for (const char* key : {"mean", "std"}) {
+    if (!pre.has(key) || pre[key].is_null()) continue;  // timm's defaults (ImageNet), as create_transform
     Node list = pre[key];
-    if (list.array().size() != static_cast<std::size_t>(m.channels) || m.channels != 3) {
+    if (list.array().size() != 3) {
       list.fail("must have one value per channel (3)");
     }
     for (std::size_t c = 0; c < 3; ++c) {

@@ -149,6 +149,8 @@ class Backend {
 };
 
 /// An export directory, loaded: the manifest plus a backend session on its model file.
+/// Construction checks manifest.json and the sha256 of the model file, then creates the session;
+/// run() is not safe to call from several threads at once (use one Runner per thread).
 class Runner {
  public:
   explicit Runner(const std::filesystem::path& export_dir, const RunnerOptions& options = {});
