@@ -15,6 +15,7 @@ from .errors import (
     WeightsError,
 )
 from .multitask import MultiTaskModel, SharingPlan, TaskModel, backbone_for_tasks
+from .runtime import ExportedModel, load_export
 from .synthetic import synthetic_task
 from .task import Task, load_task, load_tasks, make_task, save_task
 
@@ -24,6 +25,7 @@ __all__ = [
     "BackboneError", "DataError", "ExportError", "RuntimeMissingError", "SubtuneError", "TaskFileError",
     "WeightsError",
     "MultiTaskModel", "SharingPlan", "TaskModel", "backbone_for_tasks",
+    "ExportedModel", "load_export",
     "synthetic_task",
     "Task", "load_task", "load_tasks", "make_task", "save_task",
 ]
