@@ -8,8 +8,11 @@
 # Installs cmake, g++, nlohmann-json3-dev and libstb-dev where missing (apt-get; root or sudo).
 #
 # usage: examples/cpp/scripts/build_ci.sh [release|asan|all]     (default: all)
-#   release: -O2, -Wall -Wextra -Werror        -> examples/cpp/build-ci/release/subtune_edge_run
-#   asan:    AddressSanitizer + UBSan, -O1 -g, -Werror -> examples/cpp/build-ci/asan/subtune_edge_run
+#   release: -O3 (CMake Release), -Wall -Wextra -Wpedantic -Werror -> examples/cpp/build-ci/release/subtune_edge_run
+#   asan:    AddressSanitizer + UBSan, -O1 -g, same warnings        -> examples/cpp/build-ci/asan/subtune_edge_run
+#   (every variant also configure-checks -DONNXRUNTIME_ROOT on a release-archive layout)
+# Prints the path of each binary built on stdout. The cache is kept between runs; delete it to pick
+# up a newer libonnxruntime-dev.
 # environment:
 #   PYTHON               the Python whose onnxruntime wheel to use (default: python3)
 #   SUBTUNE_EDGE_CACHE   cache folder (default: ${XDG_CACHE_HOME:-~/.cache}/subtune-edge)
@@ -76,7 +79,7 @@ mkdir -p "$DEB_DIR"
 exec 9>"$DEB_DIR/.lock"
 flock 9                                                            # one fetch at a time per cache
 
-UNPACKED="$(ls -d "$DEB_DIR"/unpacked-* 2>/dev/null | sort -V | tail -n 1 || true)"
+UNPACKED="$(ls -d "$DEB_DIR"/unpacked-* 2>/dev/null | grep -v "\.tmp$" | sort -V | tail -n 1 || true)"
 if [ -z "$UNPACKED" ] || [ ! -f "$UNPACKED/usr/include/onnxruntime/onnxruntime_cxx_api.h" ]; then
   [ -f /usr/share/keyrings/debian-archive-trixie-stable.gpg ] || die \
     "this machine's debian-archive-keyring has no trixie keys; update it (apt-get install debian-archive-keyring)"
