@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from subtune_edge.backbone import Backbone
 from subtune_edge.errors import ExportError
 from subtune_edge.task import Task
@@ -25,7 +27,7 @@ from .fp16 import convert_fp16
 from .inputs import InputBatch, verification_batches
 from .onnx_export import export_onnx
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
-from .verify import FP16, FP32, TF32, Tolerance, compare_outputs, merge
+from .verify import FP16, FP32, TF32, Tolerance, compare_outputs
 
 Progress = Callable[[str], None]
 TORCHSCRIPT_OPSETS = (13, 20)
@@ -140,15 +142,18 @@ def _reference(backbone: Backbone, tasks: list[Task], outs: list[str], batches: 
 
 def _check_runner(runner, file: str, refs: list[dict], batches: list[InputBatch], tol: Tolerance,
                   tasks_by_output: dict[str, str]) -> list[dict]:
-    per_output: dict[str, list] = {}
+    """Run every batch, then compare each output over all batches at once (one output scale)."""
+    got: dict[str, list] = {}
     with runner:
-        for ref, b in zip(refs, batches):
-            wanted = {k: v for k, v in ref.items() if k in runner.output_names}
+        names = [n for n in refs[0] if n in runner.output_names]
+        for b in batches:
             actual = runner.infer({INPUT_NAME: b.array})
-            for comparison in compare_outputs(wanted, actual, tol):
-                per_output.setdefault(comparison.output, []).append(comparison)
-    return [{"file": file, "task": tasks_by_output[name], **merge(results).to_json(),
-             "inputs": [b.kind for b in batches]} for name, results in per_output.items()]
+            for name in names:
+                got.setdefault(name, []).append(actual[name])
+    reference = {name: np.concatenate([r[name] for r in refs]) for name in names}
+    actual = {name: np.concatenate(arrays) for name, arrays in got.items()}
+    return [{"file": file, "task": tasks_by_output[c.output], **c.to_json(), "inputs": [b.kind for b in batches]}
+            for c in compare_outputs(reference, actual, tol)]
 
 
 def _raise_failures(results: list[dict]) -> None:

@@ -112,19 +112,3 @@ def compare_outputs(reference: dict[str, np.ndarray], actual: dict[str, np.ndarr
         else:
             results.append(compare_array(name, ref, actual[name], tol))
     return results
-
-
-def merge(results: list[OutputComparison]) -> OutputComparison:
-    """Several comparisons of the same output (e.g. several input batches) as one."""
-    first = results[0]
-    if len(results) == 1:
-        return first
-    samples = sum(r.samples for r in results)
-    finite = [r for r in results if r.reason is None or r.max_abs == r.max_abs]
-    reasons = [r.reason for r in results if r.reason]
-    worst = max(finite, key=lambda r: r.max_rel) if finite else first
-    agree = sum(r.top1_agreement * r.samples for r in results) / max(samples, 1)
-    return OutputComparison(first.output, all(r.passed for r in results), worst.max_abs, worst.max_rel,
-                            max(r.scale for r in finite) if finite else float("nan"), agree,
-                            sum(r.near_ties for r in results), samples, first.tolerance,
-                            "; ".join(dict.fromkeys(reasons)) or None)

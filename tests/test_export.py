@@ -16,6 +16,7 @@ from exporters import compare_outputs, duplicate_initializers, export_onnx, expo
 from exporters.onnx_export import PROTOBUF_LIMIT, module_weight_bytes
 from exporters.shapes import output_name
 from exporters.verify import FP16, FP32, Tolerance
+from subtune_edge.backbone import create_backbone
 from subtune_edge.multitask import MultiTaskModel, TaskModel
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
@@ -179,3 +180,20 @@ def test_comparator_reports_scale_relative_error_and_near_ties():
     assert not nan.passed and "non-finite" in nan.reason
     (shape,) = compare_outputs({"t": ref}, {"t": ref[:2]})
     assert not shape.passed and "shape" in shape.reason
+
+
+def test_with_trained_like_batchnorm_the_file_is_the_unique_weights(tmp_path):
+    # timm's random init zeroes the last BatchNorm scale of residual blocks; trained nets have none,
+    # and then the fused file must be the fused module's unique weights within 2%, both ways
+    backbone = create_backbone("resnet18", "random")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in backbone.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+    tasks = three_depth_tasks(backbone)
+    fused = MultiTaskModel(backbone, tasks)
+    report = export_onnx(fused, tmp_path / "m.onnx", [t.name for t in tasks], (SIZE, SIZE))
+    assert 0.98 <= report.size_ratio <= 1.02
+    assert duplicate_initializers(onnx.load(str(tmp_path / "m.onnx"))) == []
