@@ -26,5 +26,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+cpp: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" examples/cpp/scripts/build_ci.sh
+
 clean:
-	rm -rf $(VENV) demo-out examples/cpp/build
+	rm -rf $(VENV) demo-out examples/cpp/build examples/cpp/build-ci
