@@ -53,14 +53,24 @@ IMAGE_EXTENSIONS = tuple(sorted(set(get_img_extensions()) | {".bmp", ".webp"}))
 class ImageSet(torch.utils.data.Dataset):
     """Images and integer targets; ``transform`` turns a PIL image into the model's input tensor.
 
-    ``key`` identifies the images (not the transform), so caches of model activations can tell
-    two sets apart without hashing pixels.
+    ``key`` identifies the images (not their targets, not the transform), so caches of model
+    activations can tell two sets apart without hashing pixels. A subset remembers the set it was
+    cut from (``base``) and where its images sit there (``base_indices``), so a cache can compute
+    activations for the whole base once and serve every split, fold and sample size from it.
     """
 
-    def __init__(self, targets: np.ndarray, key: str, transform: Callable | None = None):
+    def __init__(self, targets: np.ndarray, key: str, transform: Callable | None = None,
+                 base: ImageSet | None = None, base_indices: np.ndarray | None = None):
         self.targets = np.asarray(targets, dtype=np.int64)
         self.key = key
         self.transform = transform
+        self.base = base
+        self.base_indices = base_indices
+
+    def _base_of(self, idx: np.ndarray) -> tuple[ImageSet, np.ndarray]:
+        if self.base is None:
+            return self, idx
+        return self.base, self.base_indices[idx]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -85,7 +95,8 @@ class ArrayImages(ImageSet):
     """uint8 images in memory, ``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB, resized to ``size`` on read."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, key: str, size: tuple[int, int] | None = None,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, base: ImageSet | None = None,
+                 base_indices: np.ndarray | None = None):
         images = np.asarray(images)
         if images.dtype != np.uint8:
             raise DataError(f"array images must be uint8 (0..255), got {images.dtype}; scale and cast them first")
@@ -93,7 +104,7 @@ class ArrayImages(ImageSet):
             raise DataError(f"array images must have shape (N, H, W) or (N, H, W, 3), got {images.shape}")
         if len(images) != len(targets):
             raise DataError(f"{len(images)} array images but {len(targets)} targets; give one target per image")
-        super().__init__(targets, key, transform)
+        super().__init__(targets, key, transform, base, base_indices)
         self.images = images
         self.size = size
 
@@ -105,14 +116,16 @@ class ArrayImages(ImageSet):
 
     def subset(self, indices: Sequence[int], tag: str) -> ArrayImages:
         idx = np.asarray(indices, dtype=np.int64)
-        return ArrayImages(self.images[idx], self.targets[idx], _subkey(self.key, tag, idx), self.size, self.transform)
+        return ArrayImages(self.images[idx], self.targets[idx], _subkey(self.key, tag, idx), self.size, self.transform,
+                           *self._base_of(idx))
 
 
 class FolderImages(ImageSet):
     """Image files on disk; a file that cannot be decoded raises :class:`DataError` naming it."""
 
-    def __init__(self, paths: list[str], targets: np.ndarray, key: str, transform: Callable | None = None):
-        super().__init__(targets, key, transform)
+    def __init__(self, paths: list[str], targets: np.ndarray, key: str, transform: Callable | None = None,
+                 base: ImageSet | None = None, base_indices: np.ndarray | None = None):
+        super().__init__(targets, key, transform, base, base_indices)
         self.paths = list(paths)
 
     def image(self, index: int) -> Image.Image:
@@ -126,7 +139,7 @@ class FolderImages(ImageSet):
     def subset(self, indices: Sequence[int], tag: str) -> FolderImages:
         idx = np.asarray(indices, dtype=np.int64)
         return FolderImages([self.paths[i] for i in idx], self.targets[idx], _subkey(self.key, tag, idx),
-                            self.transform)
+                            self.transform, *self._base_of(idx))
 
 
 def _subkey(key: str, tag: str, idx: np.ndarray) -> str:
@@ -349,8 +362,8 @@ def digits(target: str, data_config: dict, val_fraction: float = 0.2, seed: int 
     source = f"{DIGITS_PREFIX}:{target}"
     # the split depends on the digit, not the target, so the three tasks share their splits
     train_idx, val_idx = stratified_split(raw.target, val_fraction, seed)
-    key = f"{source}@{size[0]}x{size[1]}"
-    everything = ArrayImages(images, targets, key, size)
+    # the key names the images only: the three targets share cached activations
+    everything = ArrayImages(images, targets, f"{DIGITS_PREFIX}@{size[0]}x{size[1]}", size)
     return TaskData(source, list(labels), everything.subset(train_idx, f"train{val_fraction}s{seed}"),
                     everything.subset(val_idx, f"val{val_fraction}s{seed}"), cfg, augment_default=False,
                     aug_args={"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.85, 1.15)})

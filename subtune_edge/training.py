@@ -75,6 +75,7 @@ class TrainConfig:
     augment: bool | None = None          # RandomResizedCrop + flip; default: the dataset's choice
     prefix_cache: bool = True            # cache frozen-prefix outputs of deterministic inputs
     cache_max_bytes: int = 2 << 30
+    cache_whole_set: float = 4.0         # cache the whole set a split was cut from if at most this many times larger
     num_workers: int | None = None       # loader workers; 0 on CPU, 4 on CUDA
     select: str = "final"                # which validation accuracy a search compares: final | best
 
@@ -207,19 +208,22 @@ class PrefixCache:
 
     def __init__(self, max_bytes: int = 2 << 30):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @property
     def bytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h, _ in self._items.values())
+        return sum(h.numel() * h.element_size() for h in self._items.values())
 
-    def get(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple) -> torch.Tensor | None:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
         return None
 
-    def put(self, key: tuple, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def put(self, key: tuple, value: torch.Tensor) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > 1 and self.bytes > self.max_bytes:
@@ -232,10 +236,11 @@ class PrefixCache:
 PREFIX_CACHE = PrefixCache()
 
 
-def _loader(dataset: ImageSet, batch_size: int, cfg: TrainConfig, batch_sampler=None) -> torch.utils.data.DataLoader:
-    workers = int(cfg.num_workers or 0)
+def _loader(dataset: ImageSet, batch_size: int, cfg: TrainConfig, batch_sampler=None,
+            persistent: bool = False) -> torch.utils.data.DataLoader:
+    workers = min(int(cfg.num_workers or 0), max(1, len(dataset) // max(1, batch_size)))
     kwargs = dict(num_workers=workers, pin_memory=cfg.device.startswith("cuda"),
-                  persistent_workers=False)
+                  persistent_workers=persistent and workers > 0)
     if workers:
         kwargs["prefetch_factor"] = 4
     if batch_sampler is not None:
@@ -264,13 +269,9 @@ class _EpochSampler(torch.utils.data.Sampler):
         return len(split_batches(self.n, self.batch_size, None))
 
 
-def compute_prefix(step: TrainStep, dataset: ImageSet, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix outputs of every sample of ``dataset`` (in order) and the targets, on the training device."""
-    outs, targets = [], []
-    for x, y in _loader(dataset, 2 * cfg.batch_size, cfg):
-        outs.append(step.prefix(x))
-        targets.append(y.to(step.device))
-    return torch.cat(outs), torch.cat(targets)
+def compute_prefix(step: TrainStep, dataset: ImageSet, cfg: TrainConfig) -> torch.Tensor:
+    """Prefix outputs of every sample of ``dataset``, in order, on the training device."""
+    return torch.cat([step.prefix(x) for x, _ in _loader(dataset, 2 * cfg.batch_size, cfg)])
 
 
 def _prefix_bytes(step: TrainStep, dataset: ImageSet) -> int:
@@ -281,48 +282,68 @@ def _prefix_bytes(step: TrainStep, dataset: ImageSet) -> int:
 
 def _cached_prefix(step: TrainStep, dataset: ImageSet, cfg: TrainConfig, backbone: Backbone, data: TaskData,
                    cache: PrefixCache) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
-    """(prefix outputs and targets, or None, and why)."""
-    key = (backbone.fingerprint, json.dumps(backbone.spec.to_json(), sort_keys=True), step.model.first,
-           dataset.key, json.dumps(data.data_config, sort_keys=True, default=str), cfg.device, str(step.dtype),
-           bool(cfg.channels_last))
-    hit = cache.get(key)
-    if hit is not None:
-        return hit, "reused"
+    """(prefix outputs and targets of ``dataset``, or None, and why)."""
+    common = (backbone.fingerprint, json.dumps(backbone.spec.to_json(), sort_keys=True), step.model.first,
+              json.dumps(data.data_config, sort_keys=True, default=str), cfg.device, str(step.dtype),
+              bool(cfg.channels_last))
+    targets = torch.as_tensor(dataset.targets, device=step.device)
+    limit = min(cfg.cache_max_bytes, cache.max_bytes)
+    base = dataset.base
+    if base is not None:
+        key = (*common, base.key)
+        h = cache.get(key)
+        reason = "reused"
+        # the whole set serves every split, fold and sample size cut from it with one computation;
+        # worth it unless the split is a small part of it (cfg.cache_whole_set)
+        if h is None and len(base) <= cfg.cache_whole_set * len(dataset):
+            whole = base.with_transform(dataset.transform)
+            if _prefix_bytes(step, whole) <= limit:
+                h, reason = compute_prefix(step, whole, cfg), f"computed for all {len(base)} images"
+                cache.put(key, h)
+        if h is not None:
+            return (h[torch.as_tensor(dataset.base_indices, device=h.device)], targets), reason
+    key = (*common, dataset.key)
+    h = cache.get(key)
+    if h is not None:
+        return (h, targets), "reused"
     need = _prefix_bytes(step, dataset)
-    if need > min(cfg.cache_max_bytes, cache.max_bytes):
-        return None, f"too large ({need / 2**20:.0f} MiB > {min(cfg.cache_max_bytes, cache.max_bytes) / 2**20:.0f} MiB)"
-    value = compute_prefix(step, dataset, cfg)
-    cache.put(key, value)
-    return value, "computed"
+    if need > limit:
+        return None, f"too large ({need / 2**20:.0f} MiB > {limit / 2**20:.0f} MiB)"
+    h = compute_prefix(step, dataset, cfg)
+    cache.put(key, h)
+    return (h, targets), "computed"
 
 
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(step: TrainStep, dataset: ImageSet | None, cfg: TrainConfig,
+def evaluate(step: TrainStep, data: ImageSet | torch.utils.data.DataLoader | None, cfg: TrainConfig,
              cached: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, float]:
-    """(accuracy, mean loss) of the model on ``dataset`` (or on its cached prefix outputs)."""
+    """(accuracy, mean loss) of the model on a dataset or loader, or on cached prefix outputs."""
     model = step.model
     was_training = model.training
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
+    total = 0
+    loss_sum = torch.zeros((), device=step.device)
+    correct = torch.zeros((), dtype=torch.long, device=step.device)
     batches: Iterator
     if cached is not None:
         h_all, y_all = cached
         bs = 2 * cfg.batch_size
         batches = ((None, y_all[i:i + bs], h_all[i:i + bs]) for i in range(0, len(y_all), bs))
     else:
-        batches = ((x, y, None) for x, y in _loader(dataset, 2 * cfg.batch_size, cfg))
+        loader = data if isinstance(data, torch.utils.data.DataLoader) else _loader(data, 2 * cfg.batch_size, cfg)
+        batches = ((x, y, None) for x, y in loader)
     for x, y, h in batches:
         y = y.to(step.device, non_blocking=True)
         with step.autocast():
             if h is None:
                 h = model.forward_prefix(step.to_device(x))
             logits = model.forward_branch(h).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
         total += len(y)
     model.train(was_training)
-    return (correct / total if total else 0.0), (loss_sum / total if total else 0.0)
+    return (int(correct) / total if total else 0.0), (float(loss_sum) / total if total else 0.0)
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -406,34 +427,40 @@ def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...]
 
         gen = torch.Generator().manual_seed(cfg.seed)
         loader = None if train_cached is not None else _loader(
-            train_set, cfg.batch_size, cfg, batch_sampler=_EpochSampler(n, cfg.batch_size, gen))
+            train_set, cfg.batch_size, cfg, batch_sampler=_EpochSampler(n, cfg.batch_size, gen), persistent=True)
+        val_loader = None if val_cached is not None else _loader(val_set, 2 * cfg.batch_size, cfg, persistent=True)
         callback("start", {"mode": mode, "units": units, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
                            "prefix_cache": dict(cache_info)})
         history: list[dict] = []
         step_seconds = 0.0
+        cuda = cfg.device.startswith("cuda")
         for epoch in range(1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            # accumulated on the device: no host sync per step
+            loss_sum = torch.zeros((), device=step.device)
+            correct = torch.zeros((), dtype=torch.long, device=step.device)
+            seen = 0
             if train_cached is not None:
                 h_all, y_all = train_cached
                 batches = ((None, y_all[idx.to(y_all.device)], h_all[idx.to(h_all.device)])
                            for idx in split_batches(n, cfg.batch_size, gen))
             else:
                 batches = ((x, y, None) for x, y in loader)
+            t_steps = time.perf_counter()
             for x, y, h in batches:
-                t0 = time.perf_counter()
                 loss, logits = step(x, y, h)
-                if cfg.device.startswith("cuda"):
-                    torch.cuda.synchronize(step.device)
-                step_seconds += time.perf_counter() - t0
-                y = y.to(step.device)
-                loss_sum += float(loss) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                y = y.to(step.device, non_blocking=True)
+                loss_sum += loss * len(y)
+                correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
+            if cuda:
+                torch.cuda.synchronize(step.device)
+            step_seconds += time.perf_counter() - t_steps  # with data loading, as a user waits for it
             lr = step.lr
-            val_acc, val_loss = evaluate(step, val_set, cfg, val_cached)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+            val_acc, val_loss = evaluate(step, val_loader, cfg, val_cached)
+            row = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
+                   "train_accuracy": int(correct) / max(seen, 1),
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
                    "seconds": time.perf_counter() - t_epoch}
             history.append(row)
@@ -493,7 +520,8 @@ class RunSpec:
 
     def context(self) -> dict:
         """Everything but the unit set, seed and fold: runs in one log must agree on it."""
-        neutral = replace(self.config, seed=0, device="auto", prefix_cache=True, cache_max_bytes=0, num_workers=None)
+        neutral = replace(self.config, seed=0, device="auto", prefix_cache=True, cache_max_bytes=0, cache_whole_set=0,
+                          num_workers=None)
         return {"backbone": self.backbone.to_json(), "data": self.data.with_fold(None).to_json(),
                 "config": neutral.to_json()}
 

@@ -30,7 +30,9 @@ def test_digits_targets_make_three_tasks_on_shared_splits(cfg):
     assert tasks["parity"].labels == ["even", "odd"] and tasks["ge5"].labels == ["<5", ">=5"]
     digit, parity, ge5 = tasks["digit"], tasks["parity"], tasks["ge5"]
     assert len(digit.train) + len(digit.val) == 1797
-    assert digit.train.key == parity.train.key.replace("parity", "digit")  # same images, same split
+    assert digit.train.key == parity.train.key  # same images, same split (targets aside)
+    assert digit.val.base is digit.train.base and len(digit.train.base) == 1797
+    np.testing.assert_array_equal(digit.val.base_indices, parity.val.base_indices)
     np.testing.assert_array_equal(parity.train.targets, digit.train.targets % 2)
     np.testing.assert_array_equal(ge5.val.targets, (digit.val.targets >= 5).astype(int))
     x, y = digit.val_set()[0]
