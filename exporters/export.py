@@ -24,7 +24,7 @@ from subtune_edge.task import Task
 from . import manifest as manifest_mod
 from . import tensorrt as trt_mod
 from .fp16 import convert_fp16
-from .inputs import InputBatch, verification_batches
+from .inputs import InputBatch, image_files, verification_batches
 from .onnx_export import export_onnx
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
 from .verify import FP16, FP32, TF32, Tolerance, compare_outputs
@@ -186,6 +186,8 @@ def export_tasks(tasks: list[Task], out: str | Path, *, weights: str | None = No
     if not dynamo and not TORCHSCRIPT_OPSETS[0] <= opset <= TORCHSCRIPT_OPSETS[1]:
         raise ExportError(f"opset {opset} is outside {TORCHSCRIPT_OPSETS[0]}..{TORCHSCRIPT_OPSETS[1]}, what the "
                           "TorchScript exporter writes; use --opset 17 (or --dynamo for 18 and later)")
+    if images:
+        image_files(list(images))  # a missing image is refused before any work
     tasks = list(tasks)
     outs = output_names([t.name for t in tasks])
     tasks_by_output = dict(zip(outs, (t.name for t in tasks)))

@@ -133,11 +133,14 @@ def engine_memory(trt, plan: bytes) -> dict:
     out["activation_bytes"] = int(activation if activation is not None else engine.device_memory_size)
     stat = getattr(trt, "EngineStat", None)
     if stat is not None and hasattr(engine, "get_engine_stat"):      # TensorRT >= 10.8
-        out["weights_bytes"] = int(engine.get_engine_stat(stat.TOTAL_WEIGHTS_SIZE))
-        out["weights_source"] = "ICudaEngine.getEngineStat(kTOTAL_WEIGHTS_SIZE)"
-    else:
-        out["weights_bytes"] = len(plan)
-        out["weights_source"] = "plan size (this TensorRT has no EngineStat; weights dominate the plan)"
+        try:
+            out["weights_bytes"] = int(engine.get_engine_stat(stat.TOTAL_WEIGHTS_SIZE))
+            out["weights_source"] = "ICudaEngine.getEngineStat(kTOTAL_WEIGHTS_SIZE)"
+            return out
+        except Exception:  # an engine that cannot answer: fall back to the plan size
+            pass
+    out["weights_bytes"] = len(plan)
+    out["weights_source"] = "plan size (this TensorRT has no EngineStat; weights dominate the plan)"
     return out
 
 
@@ -158,7 +161,7 @@ def build_engine(export_dir: str | Path, recipe: BuildRecipe, shapes: dict, *, p
             trt.ILogger.__init__(self)
 
         def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.WARNING:
+            if int(severity) <= int(trt.ILogger.Severity.WARNING):  # ERROR and INTERNAL_ERROR are lower
                 messages.append(str(msg))
 
     start = time.perf_counter()

@@ -133,3 +133,11 @@ def test_failed_verification_keeps_the_previous_export(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
     assert json.loads(before)["files"] == first["files"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "no staging or backup folder may be left"
+
+
+def test_missing_verification_image_is_refused_before_any_work(tmp_path):
+    tasks = [_task(backbone_for("resnet18"), "a")]
+    with pytest.raises(ExportError) as exc:
+        export_tasks(tasks, tmp_path / "out", images=[tmp_path / "nope.jpg"])
+    assert "verification image" in _one_line(exc) and "nope.jpg" in str(exc.value)
+    _nothing_written(tmp_path, tmp_path / "out")
