@@ -142,9 +142,11 @@ class ExportedModel:
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
     def __call__(self, inputs) -> dict[str, np.ndarray]:
-        """Images (a list of paths / PIL images / uint8 arrays) or an NCHW float32 array -> logits by task."""
-        if isinstance(inputs, np.ndarray) and inputs.dtype != np.uint8 and inputs.ndim == 4:
-            return self.run(inputs)
+        """Images (paths, PIL images, HxWxC uint8 arrays, or a list of them; an NxHxWxC uint8 batch) or a
+        preprocessed NCHW float32 batch -> {task name: logits}."""
+        if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+            # float NCHW: already preprocessed; uint8 NHWC: a batch of decoded images
+            return self.run(inputs) if inputs.dtype != np.uint8 else self.run(self.preprocess(list(inputs)))
         if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Sequence):
             inputs = [inputs]
         return self.run(self.preprocess(inputs))

@@ -86,9 +86,10 @@ def test_paths_pil_images_and_uint8_arrays_give_the_same_outputs(export, tmp_pat
         by_str = model(str(path))
         by_pil = model([Image.open(path)])
         by_array = model([array])
+        by_batch = model(array[None])  # N x H x W x C uint8
     ref = _reference(backbone, tasks, preprocess([array], manifest["preprocessing"]))
     for name in ref:
-        for got in (by_path, by_str, by_pil, by_array):
+        for got in (by_path, by_str, by_pil, by_array, by_batch):
             np.testing.assert_allclose(got[name], ref[name], atol=1e-4 * np.abs(ref[name]).max())
 
 
