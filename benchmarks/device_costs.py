@@ -116,18 +116,3 @@ def read_costs(path: str | Path) -> dict:
     if data.get("format") != FORMAT:
         raise SubtuneError(f"{p} is not a device cost table; create it with `subtune-edge profile-device`")
     return data
-
-
-def latency_of(costs: dict, units: list[str] | tuple[str, ...]) -> float:
-    """Added latency (ms, median) of a task tuning ``units``: the branch at its first unit."""
-    if not units:
-        return 0.0
-    by_unit = {r["unit"]: r for r in costs["units"]}
-    missing = [u for u in units if u not in by_unit]
-    if missing:
-        from subtune_edge.errors import SubtuneError
-
-        raise SubtuneError(f"the cost table for {costs['model']} has no unit '{missing[0]}'; re-measure it with "
-                           "`subtune-edge profile-device` for this model")
-    first = min(units, key=lambda u: by_unit[u]["index"])
-    return max(by_unit[first]["added_ms"], 0.0)

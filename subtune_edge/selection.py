@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import Backbone, BackboneSpec
+from .budget import LatencyTable
 from .cost import unit_costs
 from .data import DataSpec
 from .errors import SubtuneError
@@ -159,12 +160,17 @@ class GreedyConfig:
     max_params: int | None = None          # parameters of the tuned units
     max_flops: int | None = None           # FLOPs of the task's branch (first tuned unit to the end), batch 1
     candidates: tuple[str, ...] | None = None   # units the search may tune; default: all
+    max_latency_ms: float | None = None    # added latency per task on the device of ``latency_table``
+    latency_table: LatencyTable | None = None
 
     def __post_init__(self):
         if self.direction not in ("forward", "backward", "both"):
             raise SubtuneError(f"greedy direction must be forward, backward or both, not '{self.direction}'")
         if self.epsilon < 0:
             raise SubtuneError(f"epsilon must be >= 0, got {self.epsilon}")
+        if self.max_latency_ms is not None and self.latency_table is None:
+            raise SubtuneError("a latency budget needs a device cost table: measure one with `subtune-edge "
+                               "profile-device MODEL --out costs.json` and pass --costs costs.json")
 
 
 @dataclass
@@ -220,17 +226,21 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
     if not candidates:
         raise SubtuneError("greedy selection needs at least one candidate unit")
     cost = SetCost(ev.backbone, setup.data.input_size)
+    if greedy.latency_table is not None:
+        greedy.latency_table.check_model(setup.backbone.model_name)
 
     def fits(units) -> bool:
         return ((greedy.max_units is None or len(units) <= greedy.max_units)
                 and (greedy.max_params is None or cost.params(units) <= greedy.max_params)
-                and (greedy.max_flops is None or cost.flops(units) <= greedy.max_flops))
+                and (greedy.max_flops is None or cost.flops(units) <= greedy.max_flops)
+                and (greedy.max_latency_ms is None or greedy.latency_table.latency(units) <= greedy.max_latency_ms))
 
     directions = ["forward", "backward"] if greedy.direction == "both" else [greedy.direction]
     searches = {d: _search(ev, d, candidates, greedy.epsilon, fits, on_round) for d in directions}
     feasible = [d for d in directions if searches[d]["feasible"]]
     if not feasible:
-        raise SubtuneError("no unit set fits the budget (--max-units / --max-params / --max-flops); loosen it")
+        raise SubtuneError("no unit set fits the budget (--max-units / --max-params / --max-flops / "
+                           "--latency-budget); loosen it")
     best = max(feasible, key=lambda d: (searches[d]["accuracy"], -cost.params(searches[d]["units"])))
     s = searches[best]
     if log is not None:

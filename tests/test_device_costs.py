@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.device_costs import latency_of, measure_device_costs, read_costs
+from benchmarks.device_costs import measure_device_costs, read_costs
 from benchmarks.harness import Budget
 from subtune_edge.cli import main
 from subtune_edge.errors import SubtuneError
@@ -30,11 +30,18 @@ def test_cost_table_is_complete_and_flops_are_monotone(costs):
 
 
 def test_latency_of_a_set_is_the_branch_at_its_first_unit(costs):
-    by_unit = {r["unit"]: r["added_ms"] for r in costs["units"]}
-    assert latency_of(costs, []) == 0
-    assert latency_of(costs, ["layer4.1", "layer2.0"]) == pytest.approx(max(by_unit["layer2.0"], 0))
+    from subtune_edge.budget import LatencyTable
+
+    table = LatencyTable.from_json(costs)
+    tail = [max(r["added_ms"], 0) for r in costs["units"] if r["index"] >= 2]
+    assert table.latency([]) == 0
+    assert table.latency(["layer4.1", "layer2.0"]) == pytest.approx(max(tail))
+    lat = [table.latency([u]) for u, _ in table.added_ms]
+    assert all(a >= b for a, b in zip(lat, lat[1:])), "an earlier branch point is never cheaper"
     with pytest.raises(SubtuneError, match="no unit 'blocks.0'"):
-        latency_of(costs, ["blocks.0"])
+        table.latency(["blocks.0"])
+    with pytest.raises(SubtuneError, match="measured for 'resnet18', not 'resnet50'"):
+        table.check_model("resnet50")
 
 
 def test_torch_backend_and_cli(tmp_path):

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..backbone import BackboneSpec, model_args_for_input
+from ..budget import LatencyTable
 from ..data import DataSpec
 from ..executor import RunLog, make_executor
 from ..selection import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile, profile_sets
@@ -149,6 +150,10 @@ def _units_label(units: list[str], all_units: list[str]) -> str:
               help="Greedy: at most this many tuned parameters (e.g. 2.5M).")
 @click.option("--max-flops", callback=parse_count, default=None, metavar="N",
               help="Greedy: at most this many branch FLOPs per image (e.g. 0.3G).")
+@click.option("--latency-budget", type=click.FloatRange(min=0), default=None, metavar="MS",
+              help="Greedy: at most this added latency per task, from the --costs table of the target device.")
+@click.option("--costs", "costs_path", type=click.Path(dir_okay=False), default=None,
+              help="Device cost table from `subtune-edge profile-device` (for --latency-budget and the front plot).")
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Greedy: score sets by k-fold validation over the training split (for small data).")
 @click.option("--search-seeds", type=click.IntRange(min=1), default=1, show_default=True,
@@ -156,7 +161,7 @@ def _units_label(units: list[str], all_units: list[str]) -> str:
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Greedy run log (resumable). Default: TASK_DIR/NAME.runs.json.")
 def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates, max_units, max_params, max_flops,
-         folds, search_seeds, log_path, workers, progress, **opts) -> None:
+         latency_budget, costs_path, folds, search_seeds, log_path, workers, progress, **opts) -> None:
     """Train a task on MODEL: SubTune the chosen units (or let greedy selection choose) and a new head.
 
     \b
@@ -164,6 +169,8 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
       subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:parity --name parity \\
           --blocks blocks.6.0,conv_head --input-size 64 --epochs 3
       subtune-edge tune resnet50 --data ./flowers --name flowers --blocks auto --device cuda
+      subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:digit --name digit \
+          --input-size 64 --latency-budget 1.5 --costs jetson-costs.json
     """
     setup = _setup(model, siamese=siamese, seeds=tuple(opts["seed"] + i for i in range(search_seeds)), folds=folds,
                    **opts)
@@ -174,7 +181,8 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
     greedy = None
     if blocks.strip() == "auto":
         cands = tuple(backbone.parse_units(candidates)) if candidates else None
-        gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands)
+        table = LatencyTable.read(costs_path) if costs_path else None
+        gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands, latency_budget, table)
         log = RunLog(Path(log_path) if log_path else Path(task_dir) / f"{name}.runs.json", setup.context())
         with ui.running():
             greedy = greedy_select(setup, gcfg, executor=make_executor(workers, setup.config.device), log=log,
@@ -190,6 +198,9 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
 
     if greedy is not None:
         _render_greedy(console, greedy, backbone.unit_names, log.path)
+        front = _write_front(greedy, gcfg, setup, backbone, Path(task_dir), name)
+        console.print(f"accuracy vs added {'latency' if table else 'branch FLOPs'} of every evaluated set: "
+                      f"{front['json']} and {front['png']}")
     r = result.record
     table = Table(title=f"task '{name}' -> {path}")
     table.add_column("field")
@@ -209,6 +220,25 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
+
+
+def _write_front(greedy, gcfg: GreedyConfig, setup, backbone, task_dir: Path, name: str) -> dict:
+    """The accuracy / added-cost front of every set the search evaluated, as JSON and a plot."""
+    from ..budget import front_report, plot_front
+    from ..selection import SetCost
+    from ..task import atomic_write_bytes
+
+    cost = SetCost(backbone, setup.data.input_size)
+    table = gcfg.latency_table
+    report = front_report(greedy.searches, greedy.units, table.latency if table else None, cost.flops)
+    report.update(budget_ms=gcfg.max_latency_ms, device=table.device if table else None,
+                  backend=table.backend if table else None)
+    paths = {"json": task_dir / f"{name}.front.json", "png": task_dir / f"{name}.front.png"}
+    atomic_write_bytes(paths["json"], (json.dumps(report, indent=2) + "\n").encode())
+    where = f" on {table.backend} ({table.device})" if table else ""
+    plot_front(report, paths["png"], f"{name}: accuracy vs added cost per task{where}",
+               budget=gcfg.max_latency_ms if table else None)
+    return paths
 
 
 def _render_greedy(console: Console, greedy, all_units: list[str], log_path) -> None:

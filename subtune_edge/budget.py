@@ -1,0 +1,152 @@
+"""Latency-aware selection: what a unit set adds on the target device, and the accuracy/latency front.
+
+The paper's greedy selection maximises accuracy; on an edge device the question is "the best
+accuracy whose added latency per task stays under X ms on this Jetson". A task tuning a set S
+leaves the shared trunk at its first tuned unit, so its added latency is the measured cost of a
+branch at that unit (``subtune-edge profile-device`` writes the table, on the device that
+matters; it can be used for selection anywhere). Without a table, branch FLOPs stand in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SubtuneError
+
+COSTS_FORMAT = "subtune-edge.device-costs"
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Added milliseconds of a branch at each unit, as measured by ``profile-device``."""
+
+    model: str
+    backend: str
+    batch: int
+    device: str
+    added_ms: tuple[tuple[str, float], ...]     # (unit, ms) in model order
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "cost table") -> LatencyTable:
+        if data.get("format") != COSTS_FORMAT:
+            raise SubtuneError(f"{where} is not a device cost table; create it with `subtune-edge profile-device`")
+        env = data.get("environment") or {}
+        device = (env.get("gpus") or [{}])[0].get("name") if env.get("gpus") else env.get("jetson") or env.get("cpu")
+        rows = sorted(data["units"], key=lambda r: r["index"])
+        return cls(data["model"], data["backend"], int(data["batch"]), str(device),
+                   tuple((r["unit"], max(float(r["added_ms"]), 0.0)) for r in rows))
+
+    @classmethod
+    def read(cls, path: str | Path) -> LatencyTable:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SubtuneError(f"cannot read cost table {p} ({exc}); create it with `subtune-edge profile-device`") \
+                from exc
+        return cls.from_json(data, str(p))
+
+    def check_model(self, model: str) -> None:
+        if model != self.model:
+            raise SubtuneError(f"the cost table was measured for '{self.model}', not '{model}'; measure one with "
+                               f"`subtune-edge profile-device {model}`")
+
+    def latency(self, units) -> float:
+        """Added ms of a task tuning ``units`` (0 for a linear probe: it only adds a head)."""
+        if not units:
+            return 0.0
+        order = [u for u, _ in self.added_ms]
+        missing = [u for u in units if u not in order]
+        if missing:
+            raise SubtuneError(f"the cost table for {self.model} has no unit '{missing[0]}'; re-measure it with "
+                               "`subtune-edge profile-device` over all units")
+        first = min(order.index(u) for u in units)
+        # an earlier branch point re-runs everything a later one does: never cheaper (measurement noise aside)
+        return max(ms for _, ms in self.added_ms[first:])
+
+
+def evaluated_sets(searches: dict) -> list[dict]:
+    """Every unit set a greedy search scored (its start and each round's candidates), once each."""
+    seen: dict[tuple, dict] = {}
+    for s in searches.values():
+        for rd in s.get("rounds", []):
+            if rd.get("from_accuracy") is not None:
+                seen.setdefault(tuple(rd["from"]), {"units": list(rd["from"]), "accuracy": rd["from_accuracy"]})
+            for c in rd["candidates"]:
+                seen.setdefault(tuple(c["units"]), {"units": list(c["units"]), "accuracy": c["accuracy"],
+                                                    "std": c.get("std")})
+        if s.get("feasible", True) and s.get("accuracy") is not None and s["accuracy"] != float("-inf"):
+            seen.setdefault(tuple(s["units"]), {"units": list(s["units"]), "accuracy": s["accuracy"]})
+    return list(seen.values())
+
+
+def pareto_front(points: list[dict], cost: str = "added_ms") -> list[dict]:
+    """The points no other point beats on both accuracy (higher) and ``cost`` (lower), by cost."""
+    ordered = sorted(points, key=lambda p: (p[cost], -p["accuracy"]))
+    front, best = [], float("-inf")
+    for p in ordered:
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    return front
+
+
+def front_report(searches: dict, chosen: list[str], latency=None, flops=None) -> dict:
+    """Accuracy against added cost for every evaluated set, with the front and the choice marked."""
+    cost_key = "added_ms" if latency is not None else "branch_gflops"
+    points = []
+    for p in evaluated_sets(searches):
+        p = dict(p)
+        if latency is not None:
+            p["added_ms"] = latency(p["units"])
+        if flops is not None:
+            p["branch_gflops"] = flops(p["units"]) / 1e9
+        points.append(p)
+    front = pareto_front(points, cost_key)
+    keys = {tuple(p["units"]) for p in front}
+    for p in points:
+        p["on_front"] = tuple(p["units"]) in keys
+        p["chosen"] = list(p["units"]) == list(chosen)
+    return {"cost": cost_key, "points": sorted(points, key=lambda p: p[cost_key]),
+            "front": [p["units"] for p in front], "chosen": list(chosen)}
+
+
+def plot_front(report: dict, path: str | Path, title: str, budget: float | None = None,
+               other_choice: dict | None = None) -> Path:
+    """Accuracy vs added latency (or branch FLOPs) for every evaluated set; the front joined up."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    key = report["cost"]
+    pts = report["points"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.scatter([p[key] for p in pts], [100 * p["accuracy"] for p in pts], s=18, color="tab:gray", alpha=.7,
+               label="evaluated unit sets")
+    front = [p for p in pts if p["on_front"]]
+    ax.plot([p[key] for p in front], [100 * p["accuracy"] for p in front], "o-", color="tab:blue", ms=5,
+            label="Pareto front")
+    for p in pts:
+        if p["chosen"]:
+            ax.scatter([p[key]], [100 * p["accuracy"]], s=120, marker="*", color="tab:red", zorder=5,
+                       label=f"chosen: {','.join(p['units']) or 'linear probe'}")
+    if other_choice:
+        ax.scatter([other_choice[key]], [100 * other_choice["accuracy"]], s=90, marker="D", facecolors="none",
+                   edgecolors="black", zorder=6, label=f"{other_choice['label']}: "
+                   f"{','.join(other_choice['units']) or 'linear probe'}")
+    if budget is not None:
+        ax.axvline(budget, ls="--", color="tab:red", lw=1, label=f"budget {budget:g}")
+    ax.set_xlabel("added latency per task (ms)" if key == "added_ms" else "branch GFLOPs per image")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

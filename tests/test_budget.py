@@ -1,0 +1,51 @@
+import pytest
+
+from subtune_edge.backbone import BackboneSpec
+from subtune_edge.budget import LatencyTable, front_report, pareto_front, plot_front
+from subtune_edge.data import DataSpec
+from subtune_edge.errors import SubtuneError
+from subtune_edge.selection import GreedyConfig, SearchSetup, greedy_select
+from subtune_edge.training import TrainConfig
+
+UNITS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]
+# a made-up device: a branch costs more the earlier it starts
+TABLE = LatencyTable("resnet18", "ort-cpu", 1, "test device", tuple((u, 8.0 - i) for i, u in enumerate(UNITS)))
+
+
+def _setup() -> SearchSetup:
+    return SearchSetup(BackboneSpec("resnet18", "random"),
+                       DataSpec("digits:parity", (32, 32), train_samples=48, val_samples=40),
+                       TrainConfig(epochs=1, batch_size=16))
+
+
+def test_latency_of_a_set_is_its_earliest_branch():
+    assert TABLE.latency([]) == 0
+    assert TABLE.latency(["layer4.1"]) == 1.0
+    assert TABLE.latency(["layer4.1", "layer3.0"]) == 4.0
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [{"units": ["a"], "accuracy": 0.8, "added_ms": 1.0}, {"units": ["b"], "accuracy": 0.7, "added_ms": 2.0},
+           {"units": ["c"], "accuracy": 0.9, "added_ms": 3.0}, {"units": [], "accuracy": 0.6, "added_ms": 0.0}]
+    assert [p["units"] for p in pareto_front(pts)] == [[], ["a"], ["c"]]
+
+
+@pytest.mark.parametrize("budget", [0.5, 1.5, 2.5])
+def test_budgeted_greedy_never_returns_a_set_over_budget(budget, tmp_path):
+    greedy = GreedyConfig(candidates=("layer3.1", "layer4.0", "layer4.1"), epsilon=0.0, max_latency_ms=budget,
+                          latency_table=TABLE)
+    result = greedy_select(_setup(), greedy)
+    assert TABLE.latency(result.units) <= budget
+    evaluated = [c["units"] for s in result.searches.values() for r in s["rounds"] for c in r["candidates"]]
+    assert all(TABLE.latency(u) <= budget for u in evaluated), "sets over budget are never even trained"
+    report = front_report(result.searches, result.units, TABLE.latency)
+    assert report["chosen"] == result.units and any(p["chosen"] for p in report["points"])
+    assert plot_front(report, tmp_path / "front.png", "test", budget=budget).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_latency_budget_needs_a_table_for_the_same_model():
+    with pytest.raises(SubtuneError, match="needs a device cost table"):
+        GreedyConfig(max_latency_ms=1.0)
+    other = LatencyTable("resnet50", "ort-cpu", 1, "x", TABLE.added_ms)
+    with pytest.raises(SubtuneError, match="measured for 'resnet50', not 'resnet18'"):
+        greedy_select(_setup(), GreedyConfig(max_latency_ms=1.0, latency_table=other))
