@@ -19,6 +19,7 @@ import numpy as np
 
 from subtune_edge.backbone import Backbone
 from subtune_edge.errors import ExportError
+from subtune_edge.multitask import StackedMultiTaskModel
 from subtune_edge.task import Task
 
 from . import manifest as manifest_mod
@@ -170,8 +171,12 @@ def export_tasks(tasks: list[Task], out: str | Path, *, weights: str | None = No
                  batch: tuple[int, ...] = (1, 32), input_size: tuple[int, int] | None = None, fp16: bool = False,
                  trt: bool = False, separate: bool = False, verify: bool = True, dynamo: bool = False,
                  progress: Progress | None = None, images: list[str | Path] | None = None,
-                 workspace: int = trt_mod.DEFAULT_WORKSPACE, timing_cache: str | Path | None = None) -> dict:
+                 workspace: int = trt_mod.DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
+                 stacked: bool = False) -> dict:
     """Export ``tasks`` into ``out`` (see ``exporters/FORMAT.md``); returns the manifest written.
+
+    ``stacked`` exports the variant in which frozen units shared by several branches run once on
+    the branches' activations concatenated along the batch axis (helps launch-bound GPUs).
 
     ``batch`` is (min, max) or (min, opt, max) — opt only matters for TensorRT. ``images`` are
     extra files or folders to verify on (default: scikit-image's bundled photos). ``progress``
@@ -201,7 +206,7 @@ def export_tasks(tasks: list[Task], out: str | Path, *, weights: str | None = No
         with _step("plan", timings, progress, "building the fused module and its sharing plan"):
             from subtune_edge.cost import build_fused
 
-            fused = build_fused(backbone, tasks, size)
+            fused = build_fused(backbone, tasks, size, stacked=stacked)
         onnx_reports = {}
         with _step("export", timings, progress, f"exporting model.onnx ({exporter})"):
             report = export_onnx(fused, staging / "model.onnx", outs, size, (lo, hi), opset, dynamo)
@@ -315,6 +320,7 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
         "tasks": task_records,
         "opset": opset,
         "exporter": exporter,
+        "stacked_branches": isinstance(fused, StackedMultiTaskModel),
         "files": {},
         "onnx": onnx_reports,
         "sizes": sizes,

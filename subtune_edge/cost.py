@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import Backbone
-from .multitask import MultiTaskModel, SharingPlan, TaskModel
+from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel
 from .task import Task
 
 
@@ -129,9 +129,13 @@ def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: M
 
 
 def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, int] | None = None,
-                with_cost: bool = True) -> MultiTaskModel:
-    """The fused module for ``tasks`` with its plan (and, by default, the plan's costs)."""
-    fused = MultiTaskModel(backbone, tasks)
+                with_cost: bool = True, stacked: bool = False) -> MultiTaskModel:
+    """The fused module for ``tasks`` with its plan (and, by default, the plan's costs).
+
+    ``stacked`` runs frozen units shared by several branches once on their batch-concatenated
+    activations (:class:`~subtune_edge.multitask.StackedMultiTaskModel`): same outputs, fewer kernels.
+    """
+    fused = (StackedMultiTaskModel if stacked else MultiTaskModel)(backbone, tasks)
     if with_cost:
         plan_cost(backbone, tasks, fused.plan, fused, input_size)
     return fused

@@ -133,3 +133,23 @@ def test_stacked_branches_give_the_same_outputs(family_backbone):
     finally:
         hook.remove()
     assert plain_calls == [2, 2, 2] and calls == [2, 4]
+
+
+def test_stacked_export_matches_the_plain_export(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from exporters import export_tasks
+
+    backbone = backbone_for("resnet18")
+    tasks = three_depth_tasks(backbone)
+    plain = export_tasks(tasks, tmp_path / "plain", weights="random", input_size=(SIZE, SIZE), batch=(1, 4))
+    stacked = export_tasks(tasks, tmp_path / "stacked", weights="random", input_size=(SIZE, SIZE), batch=(1, 4),
+                           stacked=True)
+    assert stacked["stacked_branches"] and not plain["stacked_branches"]
+    assert stacked["verification"]["passed"]
+    x = np.random.default_rng(1).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    a = ort.InferenceSession(str(tmp_path / "plain" / "model.onnx")).run(None, {"input": x})
+    b = ort.InferenceSession(str(tmp_path / "stacked" / "model.onnx")).run(None, {"input": x})
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)

@@ -42,6 +42,8 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
 @click.option("--no-verify", "no_verify", is_flag=True, help="Skip comparing every output with PyTorch.")
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter instead of TorchScript.")
+@click.option("--stacked", is_flag=True, help="Run frozen units shared by several branches once, on the branches' "
+                                              "activations stacked along the batch axis (fewer GPU kernels).")
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True),
               help="Image files or folders to verify on, besides the seeded batch (repeatable).")
 @click.option("--workspace", default=1024, show_default=True, metavar="MB", help="TensorRT workspace pool limit.")
@@ -49,8 +51,8 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
               help="TensorRT timing cache file, reused across builds (default: ~/.cache/subtune-edge/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
 def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size, fp16: bool,
-           trt: bool, separate: bool, no_verify: bool, dynamo: bool, images: tuple[str, ...], workspace: int,
-           timing_cache: str | None, as_json: bool) -> None:
+           trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool, images: tuple[str, ...],
+           workspace: int, timing_cache: str | None, as_json: bool) -> None:
     """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
@@ -77,7 +79,7 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
         manifest = export_tasks(tasks, out, weights=weights, opset=opset, batch=batch, input_size=input_size,
                                 fp16=fp16, trt=trt, separate=separate, verify=not no_verify, dynamo=dynamo,
                                 progress=lambda msg: status.update(msg), images=list(images) or None,
-                                workspace=workspace << 20, timing_cache=timing_cache)
+                                workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
