@@ -4,10 +4,11 @@
 tensors, with one input ``input`` (NCHW float32, dynamic batch unless the batch range is fixed)
 and the given output names. Then it:
 
-1. tidies the graph with onnx-ir's passes: initializers with equal bytes become one (the
-   TorchScript exporter folds BatchNorm into each *use* of a shared frozen conv, so a frozen unit
-   that several branches run would otherwise come out once per branch), Identity nodes left by
-   the exporter are removed, unused nodes dropped;
+1. tidies the graph with onnx-ir's passes: initializers with equal bytes become one, Identity
+   nodes are removed, unused nodes and per-node debug metadata dropped. (The TorchScript exporter
+   folds BatchNorm into each *use* of a shared frozen conv, so a frozen unit that several branches
+   run comes out once per branch; torch merges those equal results itself and leaves Identity
+   nodes behind. The pass makes "each weight once" hold whatever the exporter did.)
 2. saves it, with external data (``<name>.data``) when the weights pass 2 GB (protobuf's limit);
 3. runs ``onnx.checker`` with ``full_check`` (shape inference included);
 4. checks, as hard errors, that no two initializers hold the same bytes and that the file is not
@@ -39,7 +40,6 @@ from .shapes import BATCH_DIM, INPUT_NAME, check_batch
 
 PROTOBUF_LIMIT = 2 * 1024**3          # a ModelProto above this cannot be serialized in one file
 SIZE_SLACK = 0.02                     # file may exceed the unique weight bytes by this much
-EXPORTERS = ("torchscript", "dynamo")
 DYNAMO_MIN_OPSET = 18
 
 
