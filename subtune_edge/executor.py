@@ -9,7 +9,11 @@ Profiles and greedy searches are many independent training runs. They hand them 
     one spawned process per device or worker (``cuda:0``, ``cuda:1``, … or several CPU workers);
     each process builds the backbone and the data once and reuses them for all its runs.
 
-Another executor (a Ray cluster, say) only has to implement :meth:`Executor.map`.
+``RayExecutor`` (:mod:`subtune_edge.ray_executor`, the optional ``dist`` extra)
+    one Ray task per run on a Ray cluster (or a local Ray instance).
+
+Another executor only has to implement :meth:`Executor.map` (and :meth:`Executor.close` if it
+holds resources); :func:`make_executor` builds one from the CLI's ``--executor`` / ``--workers``.
 
 :class:`RunLog` records every finished run in a JSON file, rewritten atomically after each run,
 so an interrupted search started again with the same log skips what is already done.
@@ -45,6 +49,15 @@ class Executor:
 
     def describe(self) -> str:
         return f"{type(self).__name__}({', '.join(self.devices)})"
+
+    def close(self) -> None:
+        """Release what the executor holds (a Ray instance it started); nothing by default."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class LocalExecutor(Executor):
@@ -116,17 +129,42 @@ class ProcessExecutor(Executor):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_executor(workers: int = 1, device: str = "auto", devices: list[str] | None = None) -> Executor:
-    """``workers`` <= 1 and no device list: in this process; otherwise one process per worker/device."""
+EXECUTOR_KINDS = "local|process|ray[:ADDRESS]"
+
+
+def make_executor(workers: int | None = 1, device: str = "auto", devices: list[str] | None = None,
+                  kind: str | None = None) -> Executor:
+    """An executor for ``kind``:
+
+    ``None`` (default): in this process when ``workers`` <= 1 and no device list, otherwise one
+    process per worker / device; ``local``: in this process; ``process``: ``workers`` processes (on
+    CUDA spread over the GPUs); ``ray`` / ``ray:ADDRESS``: a Ray cluster (see
+    :class:`~subtune_edge.ray_executor.RayExecutor`; ``workers`` caps the runs in flight).
+    """
+    kind = (kind or "").strip()
+    if kind.startswith("ray"):
+        from .ray_executor import RayExecutor, parse_address
+
+        address = parse_address(kind)
+        return RayExecutor(address, max_concurrent=workers if workers and workers > 0 else None)
+    if kind not in ("", "local", "process"):
+        raise SubtuneError(f"unknown executor '{kind}'; use {EXECUTOR_KINDS}")
+    workers = workers or 1
+    if kind == "local":
+        if devices or workers > 1:
+            raise SubtuneError("the local executor runs one run at a time in this process; drop --workers or "
+                               "use --executor process")
+        return LocalExecutor(device)
     if devices:
         return ProcessExecutor(devices)
-    if workers <= 1:
+    if workers <= 1 and kind != "process":
         return LocalExecutor(device)
-    if device.startswith("cuda"):
+    if device.startswith("cuda") or (kind == "process" and device == "auto"):
         import torch
 
         n = torch.cuda.device_count()
-        return ProcessExecutor([f"cuda:{i % max(n, 1)}" for i in range(workers)])
+        if n or device.startswith("cuda"):
+            return ProcessExecutor([f"cuda:{i % max(n, 1)}" for i in range(workers)])
     return ProcessExecutor(["cpu"] * workers)
 
 

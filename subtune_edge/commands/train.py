@@ -39,6 +39,21 @@ def parse_count(ctx: click.Context, param: click.Parameter, value: str | None) -
     return int(number * _SUFFIX[unit])
 
 
+def _check_executor(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an unknown executor, or Ray where it is not installed, before any model or data is loaded."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.startswith("ray"):
+        from ..ray_executor import parse_address, require_ray
+
+        parse_address(value)
+        require_ray()
+    elif value not in ("local", "process"):
+        raise click.BadParameter(f"'{value}' is not one of local, process, ray, ray:ADDRESS")
+    return value
+
+
 def _training_options(f):
     options = [
         click.option("--data", "data_source", required=True, metavar="PATH|digits:TARGET",
@@ -65,8 +80,16 @@ def _training_options(f):
                      help="Train on a stratified subset of this many samples."),
         click.option("--val-samples", type=click.IntRange(min=2), default=None,
                      help="Validate on a stratified subset of this many samples (quicker searches)."),
-        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Parallel training runs (one process each; on CUDA spread over the GPUs)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Parallel training runs of a search (one process each; on CUDA spread over the GPUs). "
+                          "With --executor ray: at most this many runs in flight.  [default: 1; ray: as many "
+                          "as the cluster fits]"),
+        click.option("--executor", "executor_kind", default=None, callback=_check_executor,
+                     metavar="local|process|ray[:ADDRESS]",
+                     help="Where the runs of a search (profile, --blocks auto) go: this process, local "
+                          "processes (the default with --workers > 1), or a Ray cluster (ray: RAY_ADDRESS or a "
+                          "local Ray instance; ray:auto, ray:HOST:PORT, ray:ray://HOST:10001). Ray needs "
+                          "pip install 'subtune-edge[dist]'."),
         click.option("--progress/--no-progress", default=True, show_default=True),
     ]
     for option in reversed(options):
@@ -161,7 +184,7 @@ def _units_label(units: list[str], all_units: list[str]) -> str:
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Greedy run log (resumable). Default: TASK_DIR/NAME.runs.json.")
 def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates, max_units, max_params, max_flops,
-         latency_budget, costs_path, folds, search_seeds, log_path, workers, progress, **opts) -> None:
+         latency_budget, costs_path, folds, search_seeds, log_path, workers, executor_kind, progress, **opts) -> None:
     """Train a task on MODEL: SubTune the chosen units (or let greedy selection choose) and a new head.
 
     \b
@@ -184,9 +207,8 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
         table = LatencyTable.read(costs_path) if costs_path else None
         gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands, latency_budget, table)
         log = RunLog(Path(log_path) if log_path else Path(task_dir) / f"{name}.runs.json", setup.context())
-        with ui.running():
-            greedy = greedy_select(setup, gcfg, executor=make_executor(workers, setup.config.device), log=log,
-                                   on_run=ui.on_run, on_epoch=ui.on_epoch)
+        with make_executor(workers, setup.config.device, kind=executor_kind) as executor, ui.running():
+            greedy = greedy_select(setup, gcfg, executor=executor, log=log, on_run=ui.on_run, on_epoch=ui.on_epoch)
         units = greedy.units
     else:
         units = backbone.parse_units(blocks)
@@ -267,7 +289,7 @@ def _render_greedy(console: Console, greedy, all_units: list[str], log_path) -> 
 @click.option("--siamese", is_flag=True, help="Profile Siamese SubTuning.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for profile.json, profile.png and the resumable run log runs.json.")
-def profile(model, window, seeds, unit_filter, siamese, out, workers, progress, **opts) -> None:
+def profile(model, window, seeds, unit_filter, siamese, out, workers, executor_kind, progress, **opts) -> None:
     """Finetuning profile of MODEL: accuracy of training each unit (or window of units) alone.
 
     \b
@@ -290,9 +312,10 @@ def profile(model, window, seeds, unit_filter, siamese, out, workers, progress, 
     log = RunLog(out / "runs.json", setup.context())
     n_sets = len(profile_sets(backbone.unit_names, windows, units)) + 2
     ui = _Progress(progress)
-    with ui.running(runs_total=n_sets * len(setup.seeds)):
-        prof = finetuning_profile(setup, windows, units, executor=make_executor(workers, setup.config.device),
-                                  log=log, on_run=ui.on_run, on_epoch=ui.on_epoch)
+    with make_executor(workers, setup.config.device, kind=executor_kind) as executor, \
+            ui.running(runs_total=n_sets * len(setup.seeds)):
+        prof = finetuning_profile(setup, windows, units, executor=executor, log=log, on_run=ui.on_run,
+                                  on_epoch=ui.on_epoch)
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(prof.to_json(), indent=1))
     png = plot_profile(prof, out / "profile.png")
