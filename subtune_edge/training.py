@@ -254,7 +254,8 @@ def split_batches(n: int, batch_size: int, generator: torch.Generator | None) ->
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        last = batches.pop()  # popped first: the batch it joins is then the last one
+        batches[-1] = torch.cat([batches[-1], last])
     return batches
 
 
