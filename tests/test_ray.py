@@ -141,3 +141,21 @@ def test_missing_ray_fails_at_once_with_the_install_hint(monkeypatch):
                                     "--executor", "ray"])
     assert res.exit_code == 2 and "pip install 'subtune-edge[dist]'" in res.output
     assert "no-such-model" not in res.output  # refused before the model was looked up
+
+
+def test_profile_command_on_ray_resumes_from_its_log(ray_instance, tmp_path):
+    from click.testing import CliRunner
+
+    from subtune_edge.cli import main
+
+    args = ["profile", "resnet18", "--weights", "random", "--data", "digits:parity", "--input-size", "32",
+            "--epochs", "1", "--batch-size", "16", "--train-samples", "32", "--val-samples", "32",
+            "--units", "layer4.1", "--out", str(tmp_path), "--no-progress", "--executor", "ray"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "(3 runs, 0 from the log)" in first.output.replace("\n", " ")
+    assert len(json.loads((tmp_path / "runs.json").read_text())["runs"]) == 3
+    again = CliRunner().invoke(main, args + ["--workers", "1"])
+    assert again.exit_code == 0, again.output
+    assert "(0 runs, 3 from the log)" in again.output.replace("\n", " ")
+    assert ray.is_initialized()  # the command joined the test's Ray instance and left it running
