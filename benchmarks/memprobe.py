@@ -2,9 +2,11 @@
 
 Inside the benchmark process, memory freed by one measurement point is reused by the next, so
 RSS growth there says little. A child process that only imports onnxruntime, creates the
-sessions, runs each once and reports its peak RSS gives a clean number per side::
+sessions, runs each once and reports its RSS gives a clean number per side. This file is run as
+a script (``python benchmarks/memprobe.py ...``) and imports nothing of subtune-edge, so the
+child does not pay for PyTorch::
 
-    python -m benchmarks.memprobe ort-cpu 8 3,224,224 fused_3.onnx
+    python benchmarks/memprobe.py ort-cpu 8 3,224,224 2 fused_3.onnx
 """
 
 from __future__ import annotations
@@ -14,50 +16,58 @@ import subprocess
 import sys
 from pathlib import Path
 
+PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"],
+             "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
 
 def probe(backend: str, batch: int, input_shape: tuple[int, ...], models: list[Path],
           threads: int | None = None, timeout: float = 300) -> dict | None:
-    """Peak RSS growth (bytes) of creating and running ``models`` once; None if the probe failed."""
-    script = "import sys; from benchmarks.memprobe import main; main(sys.argv[1:])"
-    cmd = [sys.executable, "-c", script, backend, str(batch), ",".join(map(str, input_shape)),
+    """RSS growth (bytes) of creating and running ``models`` once; None if the probe failed."""
+    if backend not in PROVIDERS:
+        return None
+    cmd = [sys.executable, str(Path(__file__).resolve()), backend, str(batch), ",".join(map(str, input_shape)),
            str(threads or 0), *map(str, models)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _warm_up_runtime(x) -> None:
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "warmup",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(),
-                         providers=["CPUExecutionProvider"]).run(None, {"input": x})
+
+def _session(ort, model, backend: str, threads: int):
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, so, providers=PROVIDERS[backend])
 
 
 def main(argv: list[str]) -> None:
     import numpy as np
-
-    from subtune_edge.runners import make_runner
-
-    from .memory import peak_rss_bytes, rss_bytes
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
 
     backend, batch, shape, threads, *models = argv
     x = np.zeros((int(batch), *map(int, shape.split(","))), np.float32)
-    _warm_up_runtime(x)  # libraries, thread pools: the runtime's fixed cost is not the model's
-    baseline = rss_bytes()
-    baseline_peak = peak_rss_bytes()
-    runners = [make_runner(backend, m, threads=int(threads) or None) for m in models]
-    for r in runners:
-        r.infer({"input": x})
-    print(json.dumps({"baseline_rss": baseline, "rss": rss_bytes(), "peak_rss": peak_rss_bytes(),
-                      "growth": rss_bytes() - baseline, "peak_growth": peak_rss_bytes() - baseline_peak}))
+    # the runtime's fixed cost (libraries, thread pools) is not the model's: pay it before the baseline
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["y"])], "warmup",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))])
+    warm = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _session(ort, warm.SerializeToString(), backend, int(threads)).run(None, {"input": x})
+    baseline = _rss()
+    sessions = [_session(ort, m, backend, int(threads)) for m in models]
+    for s in sessions:
+        s.run(None, {"input": x})
+    print(json.dumps({"baseline_rss": baseline, "rss": _rss(), "growth": _rss() - baseline}))
 
 
 if __name__ == "__main__":

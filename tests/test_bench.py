@@ -103,7 +103,8 @@ def test_harness_on_ort_and_torch_cpu_writes_a_complete_report(small_export, tmp
         assert "CUDA GPU" in skipped["torch-cuda"] and "trt" in skipped
     for r in results["rows"]:
         assert r["fused"]["n"] == r["separate"]["n"] >= 3
-        assert r["memory"]["fused_weight_bytes"] <= r["memory"]["separate_weight_bytes"]
+        # k = 1: the same model either way (names and graph metadata may differ by a few bytes)
+        assert r["memory"]["fused_weight_bytes"] <= r["memory"]["separate_weight_bytes"] * 1.001
         if r["k"] == 3:
             assert r["memory"]["fused_weight_bytes"] < r["memory"]["separate_weight_bytes"]
             assert r["ideal_ratio_flops"] < 1
