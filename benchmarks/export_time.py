@@ -184,6 +184,8 @@ def markdown(result: dict) -> str:
         "disappear); no two initializers hold the same bytes.",
         "",
     ]
+    if result.get("note"):
+        lines += [f"Note: {result['note']}", ""]
     return "\n".join(lines)
 
 
@@ -196,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bn-init", choices=["trained", "timm"], default="trained",
                         help="BatchNorm statistics: trained-like (default) or timm's random init (zero last scales)")
     parser.add_argument("--repeat", type=int, default=3, help="times the fused export is timed (min and median)")
+    parser.add_argument("--note", default="", help="a remark recorded with the result (e.g. what else ran)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run(args.model, args.size, args.units, args.tasks, args.bn_init, args.repeat)
+    result["note"] = args.note
     (args.out / "export_time.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "export_time.md").write_text(markdown(result))
     fused = result["summary"]["fused"]
