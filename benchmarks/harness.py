@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -147,7 +148,9 @@ class Harness:
         self.config = config
         self.manifest = read_manifest(self.export_dir)
         self.tasks, self.backbone = tasks, backbone
-        self.work_dir = Path(work_dir) if work_dir else self.export_dir / ".bench"
+        # pruned k-task graphs go to a scratch folder, never into the export (its manifest lists every file)
+        self._scratch = None if work_dir else tempfile.TemporaryDirectory(prefix="subtune-bench-")
+        self.work_dir = Path(work_dir) if work_dir else Path(self._scratch.name)
         self.progress = progress or (lambda *a: None)
         self.memory_probe = memory_probe
         names = [t["output"] for t in self.manifest["tasks"]]
@@ -242,6 +245,8 @@ class Harness:
             x = rng.standard_normal((batch, *self.input_shape)).astype(np.float32)
             rows.append(self._point(backend, batch, k, {"input": x}))
         self.progress("done", len(points), len(points))
+        if self._scratch is not None:
+            self._scratch.cleanup()
         for backend in runnable:
             for batch in self.config.batch_sizes:
                 sel = [r for r in rows if r["backend"] == backend and r["batch"] == batch]
