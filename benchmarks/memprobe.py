@@ -34,7 +34,19 @@ def probe(backend: str, batch: int, input_shape: tuple[int, ...], models: list[P
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _trim() -> None:
+    """Hand freed heap back to the OS (glibc), so RSS counts live memory, not the model file's
+    protobuf copy that was parsed and freed while the session was built."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss() -> int:
+    _trim()
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
