@@ -45,14 +45,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(backbone, units: list[str], cached: bool, args, device: torch.device) -> dict:
+def prepare(backbone, units: list[str], cached: bool, args, device: torch.device):
+    """(one timed training step as a function, its model, its config, the cached prefix or None)."""
     # AMP (bf16, else fp16 + scaler) and channels_last default on for CUDA, off for the CPU smoke check
     cfg = TrainConfig(epochs=1, batch_size=args.batch, device=args.device, amp=False if args.no_amp else None,
                       channels_last=False if args.no_channels_last else None).resolve(backbone, units)
     model = TaskModel.for_training(backbone, units, args.classes).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    step = TrainStep(model, cfg, total_steps=args.warmup + args.steps)
+    step = TrainStep(model, cfg, total_steps=10**6)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
     y = torch.randint(0, args.classes, (args.batch,), generator=gen)
@@ -63,34 +64,47 @@ def measure(backbone, units: list[str], cached: bool, args, device: torch.device
         model.eval()
         h = step.prefix(x).detach()
     model.train()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base_mem = torch.cuda.memory_allocated(device)
-    times = []
-    for i in range(args.warmup + args.steps):
+
+    def timed() -> float:
         _sync(device)
         t0 = time.perf_counter()
         step(None if cached else x, y, h)
         _sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    return timed, model, cfg, h
+
+
+def summary(times: list[float], model, cfg, h) -> dict:
     out = {
-        "units": len(units), "trainable_params": sum(p.numel() for m in model.trainable_modules().values()
-                                                     for p in m.parameters()),
+        "units": len(model.tuned_names), "trainable_params": sum(p.numel() for m in model.trainable_modules().values()
+                                                                 for p in m.parameters()),
         "step_ms_median": 1000 * statistics.median(times), "step_ms_mean": 1000 * statistics.fmean(times),
         "step_ms_min": 1000 * min(times), "steps": len(times),
         "amp": str(amp_dtype(cfg)).replace("torch.", "") if amp_dtype(cfg) else None,
         "channels_last": bool(cfg.channels_last),
     }
+    if h is not None:
+        out["cache_bytes_per_sample"] = int(h[0].numel() * h.element_size())
+    return out
+
+
+def measure(backbone, units: list[str], cached: bool, args, device: torch.device) -> dict:
+    """Warm-up steps, then ``args.steps`` timed steps of one variant, alone on the device (for peak memory)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base_mem = torch.cuda.memory_allocated(device)
+    timed, model, cfg, h = prepare(backbone, units, cached, args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = [timed() for _ in range(args.warmup + args.steps)][args.warmup:]
+    out = summary(times, model, cfg, h)
     if device.type == "cuda":
         out["peak_gpu_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
         out["peak_gpu_mem_above_weights_bytes"] = int(torch.cuda.max_memory_allocated(device) - base_mem)
     else:
         out["peak_gpu_mem_bytes"] = None
-    if cached:
-        out["cache_bytes_per_sample"] = int(h[0].numel() * h.element_size())
-    del step, model
+    del timed, model
     return out
 
 

@@ -9,7 +9,7 @@ from subtune_edge.data import DataSpec, load_data
 from subtune_edge.errors import SubtuneError
 from subtune_edge.multitask import MultiTaskModel, TaskModel
 from subtune_edge.task import load_task, save_task
-from subtune_edge.training import PrefixCache, TrainConfig, TrainStep, cosine_with_warmup, train
+from subtune_edge.training import PrefixCache, TrainConfig, TrainStep, cosine_with_warmup, split_batches, train
 
 from .helpers import backbone_for
 
@@ -155,3 +155,11 @@ def test_siamese_and_linear_probe_tasks_export_through_the_fused_module(tmp_path
         for r, task, out in zip(trained, tasks, outputs):
             torch.testing.assert_close(out, TaskModel.from_task(backbone, task)(x), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out, r.model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batches_cover_every_sample_once_and_never_leave_one_alone():
+    for n, bs in ((33, 16), (32, 16), (17, 16), (5, 16), (1, 16)):
+        batches = split_batches(n, bs, torch.Generator().manual_seed(n))
+        assert sorted(torch.cat(batches).tolist()) == list(range(n))
+        assert n == 1 or min(len(b) for b in batches) > 1
+        assert max(len(b) for b in batches) <= bs + 1
