@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.budget import COSTS_FORMAT as FORMAT
+from subtune_edge.budget import read_cost_table
 from subtune_edge.cost import unit_costs
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.runners import make_runner, require
@@ -28,7 +30,6 @@ from . import environment
 from .harness import Budget, ProgressFn, measure_pair, prune_outputs
 from .stats import summarize
 
-FORMAT = "subtune-edge.device-costs"
 FORMAT_VERSION = 1
 HEAD_CLASSES = 10
 
@@ -102,17 +103,4 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
     }
 
 
-def read_costs(path: str | Path) -> dict:
-    import json
-
-    from subtune_edge.errors import SubtuneError
-
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SubtuneError(f"cannot read cost table {p} ({exc}); create it with `subtune-edge profile-device`") \
-            from exc
-    if data.get("format") != FORMAT:
-        raise SubtuneError(f"{p} is not a device cost table; create it with `subtune-edge profile-device`")
-    return data
+read_costs = read_cost_table

@@ -18,6 +18,19 @@ from .errors import SubtuneError
 COSTS_FORMAT = "subtune-edge.device-costs"
 
 
+def read_cost_table(path: str | Path) -> dict:
+    """The JSON of a ``profile-device`` cost table, refused in one line if it is not one."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SubtuneError(f"cannot read cost table {p} ({exc}); create it with `subtune-edge profile-device`") \
+            from exc
+    if data.get("format") != COSTS_FORMAT:
+        raise SubtuneError(f"{p} is not a device cost table; create it with `subtune-edge profile-device`")
+    return data
+
+
 @dataclass(frozen=True)
 class LatencyTable:
     """Added milliseconds of a branch at each unit, as measured by ``profile-device``."""
@@ -40,13 +53,7 @@ class LatencyTable:
 
     @classmethod
     def read(cls, path: str | Path) -> LatencyTable:
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SubtuneError(f"cannot read cost table {p} ({exc}); create it with `subtune-edge profile-device`") \
-                from exc
-        return cls.from_json(data, str(p))
+        return cls.from_json(read_cost_table(path), str(path))
 
     def check_model(self, model: str) -> None:
         if model != self.model:

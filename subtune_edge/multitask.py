@@ -188,12 +188,17 @@ class MultiTaskModel(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def run_trunk(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The shared trunk, once: activation at every depth a branch may start from."""
         h = self.stem(x)
         taps = {0: h}
         for i, unit in enumerate(self.trunk):
             h = unit(h)
             taps[i + 1] = h
+        return taps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        taps = self.run_trunk(x)
         frozen_features = None
         outputs = []
         for branch in self.branches:
@@ -251,11 +256,7 @@ class StackedMultiTaskModel(MultiTaskModel):
     """
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = self.stem(x)
-        taps = {0: h}
-        for i, unit in enumerate(self.trunk):
-            h = unit(h)
-            taps[i + 1] = h
+        taps = self.run_trunk(x)
         n = self.num_units
         frozen_features = None
         if any(b.start == n or b.siamese for b in self.branches):
