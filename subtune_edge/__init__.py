@@ -6,7 +6,7 @@ The public API; everything else is an implementation detail that may move.
 from .backbone import FAMILIES, Backbone, BackboneSpec, create_backbone, load_backbone, split_model
 from .budget import LatencyTable
 from .cost import build_fused, plan_cost, unit_costs
-from .data import DataSpec, load_data
+from .data import DataSpec, TaskData, from_arrays, image_folder, load_data
 from .errors import (
     BackboneError,
     DataError,
@@ -20,20 +20,30 @@ from .executor import LocalExecutor, ProcessExecutor, RunLog, make_executor
 from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel, backbone_for_tasks
 from .ray_executor import RayExecutor
 from .runtime import ExportedModel, load_export
-from .selection import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile
+from .selection import (
+    GreedyConfig,
+    GreedyResult,
+    Profile,
+    SearchSetup,
+    finetuning_profile,
+    greedy_select,
+    plot_profile,
+)
 from .synthetic import synthetic_task
 from .task import Task, load_task, load_tasks, make_task, save_task
-from .training import TrainConfig, train
+from .training import RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train
 
 __all__ = [
     "FAMILIES", "Backbone", "BackboneSpec", "create_backbone", "load_backbone", "split_model",
     "build_fused", "plan_cost", "unit_costs",
     "BackboneError", "DataError", "ExportError", "RuntimeMissingError", "SubtuneError", "TaskFileError",
     "WeightsError",
-    "LatencyTable", "DataSpec", "load_data", "LocalExecutor", "ProcessExecutor", "RayExecutor", "RunLog",
+    "LatencyTable", "DataSpec", "TaskData", "from_arrays", "image_folder", "load_data",
+    "LocalExecutor", "ProcessExecutor", "RayExecutor", "RunLog",
     "make_executor",
     "MultiTaskModel", "SharingPlan", "StackedMultiTaskModel", "TaskModel", "backbone_for_tasks",
-    "GreedyConfig", "SearchSetup", "finetuning_profile", "greedy_select", "plot_profile", "TrainConfig", "train",
+    "GreedyConfig", "GreedyResult", "Profile", "SearchSetup", "finetuning_profile", "greedy_select", "plot_profile",
+    "RunResult", "RunSpec", "TrainConfig", "TrainResult", "execute_run", "train",
     "ExportedModel", "load_export",
     "synthetic_task",
     "Task", "load_task", "load_tasks", "make_task", "save_task",
