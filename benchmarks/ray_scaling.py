@@ -247,8 +247,8 @@ def _markdown(res: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cpus_usable']} usable cores, {m['machine']}, "
         f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; torch {m['versions']['torch']}, "
-        f"Ray {m['versions']['ray']}. **The cores were shared with other engineers' jobs during the "
-        "measurement** (load averages below), so the absolute times and the speed-up are noisy.",
+        f"Ray {m['versions']['ray']}. The load averages below and the headroom probe show how busy the "
+        "cores were: on a shared machine the absolute times and the speed-up are noisy.",
         "",
         "| round | executor | wall time | `ray.init` | workers start + load model, data | runs phase | "
         "sum of run times | load before -> after |",
