@@ -39,7 +39,6 @@ from .backbone import Backbone
 from .data import TaskData
 from .errors import SubtuneError
 from .multitask import TaskModel
-from .task import make_task
 from .training import (
     PREFIX_CACHE,
     Callback,
@@ -50,10 +49,9 @@ from .training import (
     _cached_prefix,
     _loader,
     _seeded,
-    _timm_version,
     check_units,
-    device_name,
     evaluate,
+    finish_run,
     resolve_device,
     run_mode,
     split_batches,
@@ -273,28 +271,15 @@ def train_distributed(backbone: Backbone, data: TaskData, units: list[str] | tup
             callback("epoch", dict(row, epochs=cfg.epochs))
         model.eval()
 
-    best = max(history, key=lambda r: r["val_accuracy"])
-    record = {
-        "mode": mode, "units": units, "siamese": siamese, "epochs": cfg.epochs,
-        "samples": len(train_set), "val_samples": len(val_set),
-        "val_accuracy": history[-1]["val_accuracy"], "best_val_accuracy": best["val_accuracy"],
-        "best_epoch": best["epoch"], "history": history,
-        "config": cfg.to_json(), "data": data.describe(), "device": device_name(cfg.device),
-        "amp_dtype": str(step.dtype).replace("torch.", "") if step.dtype else None,
-        "prefix_cache": cache_info, "seconds": time.perf_counter() - t_start,
-        "step_seconds_mean": step_seconds / max(1, cfg.epochs * steps_per_epoch),
-        "trainable_params": sum(p.numel() for m in model.trainable_modules().values() for p in m.parameters()),
-        "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "sync_bn": sync_bn,
-                        "global_batch": cfg.batch_size},
-        "versions": {"torch": torch.__version__, "timm": _timm_version()},
-    }
     tuned = {u: model.units[backbone.unit_index(u)] for u in units}
     if sync_bn:  # the task file holds plain BatchNorm modules
         tuned = {u: _revert_sync_bn(m) for u, m in tuned.items()}
-    task = make_task(name, backbone, tuned, model.head, labels=data.labels, preprocessing=data.data_config,
-                     siamese=siamese, training=record)
-    callback("end", record)
-    return TrainResult(task, model, record)
+    extra = {"distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "sync_bn": sync_bn,
+                             "global_batch": cfg.batch_size}}
+    return finish_run(name, backbone, data, model, units, siamese, mode, cfg, history, step=step,
+                      train_set=train_set, val_set=val_set, cache_info=cache_info, t_start=t_start,
+                      step_seconds=step_seconds, steps_per_epoch=steps_per_epoch, callback=callback,
+                      extra=extra, tuned=tuned)
 
 
 def _revert_sync_bn(module: nn.Module) -> nn.Module:

@@ -468,6 +468,17 @@ def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...]
             callback("epoch", dict(row, epochs=cfg.epochs))
         model.eval()
 
+    return finish_run(name, backbone, data, model, units, siamese, mode, cfg, history, step=step,
+                      train_set=train_set, val_set=val_set, cache_info=cache_info, t_start=t_start,
+                      step_seconds=step_seconds, steps_per_epoch=steps_per_epoch, callback=callback)
+
+
+def finish_run(name: str, backbone: Backbone, data: TaskData, model: TaskModel, units: list[str], siamese: bool,
+               mode: str, cfg: TrainConfig, history: list[dict], *, step: TrainStep, train_set: ImageSet,
+               val_set: ImageSet, cache_info: dict, t_start: float, step_seconds: float, steps_per_epoch: int,
+               callback: Callback, extra: dict | None = None,
+               tuned: dict[str, nn.Module] | None = None) -> TrainResult:
+    """The run's record and its task file, the same for one process and for a distributed run."""
     best = max(history, key=lambda r: r["val_accuracy"])
     record = {
         "mode": mode, "units": units, "siamese": siamese, "epochs": cfg.epochs,
@@ -479,9 +490,11 @@ def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...]
         "prefix_cache": cache_info, "seconds": time.perf_counter() - t_start,
         "step_seconds_mean": step_seconds / max(1, cfg.epochs * steps_per_epoch),
         "trainable_params": sum(p.numel() for m in model.trainable_modules().values() for p in m.parameters()),
+        **(extra or {}),
         "versions": {"torch": torch.__version__, "timm": _timm_version()},
     }
-    tuned = {u: model.units[backbone.unit_index(u)] for u in units}
+    if tuned is None:
+        tuned = {u: model.units[backbone.unit_index(u)] for u in units}
     task = make_task(name, backbone, tuned, model.head, labels=data.labels, preprocessing=data.data_config,
                      siamese=siamese, training=record)
     callback("end", record)
