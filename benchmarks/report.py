@@ -24,10 +24,7 @@ def markdown(results: dict) -> str:
              f"tasks {', '.join(results['export']['tasks'])}", ""]
     for s in results["skipped"]:
         lines.append(f"- skipped {s['backend']}: {s['reason']}")
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in results["rows"]:
-        groups.setdefault((r["backend"], r["batch"]), []).append(r)
-    for (backend, batch), rows in groups.items():
+    for (backend, batch), rows in group_rows(results).items():
         lines += ["", f"## {backend}, batch {batch}", "",
                   "| k | fused ms (p90) | separate ms (p90) | ratio | ideal ratio (FLOPs) | added ms/task fused | "
                   "added ms/task separate | weights MB fused / separate | RSS growth MB fused / separate |",
@@ -53,51 +50,56 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def group_rows(results: dict) -> dict[tuple[str, int], list[dict]]:
+    """Rows by (backend, batch), in measurement order: one table or panel each."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in results["rows"]:
+        groups.setdefault((r["backend"], r["batch"]), []).append(r)
+    return groups
+
+
+def _latency_panel(ax, rows: list[dict]) -> None:
+    ks = [r["k"] for r in rows]
+    ax.plot(ks, [r["fused"]["median_ms"] for r in rows], "o-", label="fused (one trunk)")
+    ax.plot(ks, [r["separate"]["median_ms"] for r in rows], "s--", label="separate full copies")
+    ax.fill_between(ks, [r["fused"]["p90_ms"] for r in rows], [r["fused"]["median_ms"] for r in rows], alpha=.2)
+    ax.set(xlabel="number of tasks k", ylabel="latency ms (median)", xticks=ks)
+    ax.grid(alpha=.3)
+
+
+def _added_panel(ax, rows: list[dict]) -> None:
+    ks = [r["k"] for r in rows]
+    w = 0.38
+    ax.bar([k - w / 2 for k in ks], [r["added_ms_fused"] for r in rows], w, label="fused")
+    ax.bar([k + w / 2 for k in ks], [r["added_ms_separate"] for r in rows], w, label="separate")
+    ax.set(xlabel="k-th task", ylabel="added latency ms", xticks=ks)
+    ax.grid(alpha=.3, axis="y")
+
+
 def plots(results: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in results["rows"]:
-        groups.setdefault((r["backend"], r["batch"]), []).append(r)
+    groups = group_rows(results)
     if not groups:
         return []
-    written = []
     device = device_label(results["environment"])
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, ((backend, batch), rows) in zip(axes[0], groups.items()):
-        ks = [r["k"] for r in rows]
-        ax.plot(ks, [r["fused"]["median_ms"] for r in rows], "o-", label="fused (one trunk)")
-        ax.plot(ks, [r["separate"]["median_ms"] for r in rows], "s--", label="separate full copies")
-        ax.fill_between(ks, [r["fused"]["p90_ms"] for r in rows], [r["fused"]["median_ms"] for r in rows], alpha=.2)
-        ax.set(title=f"{backend}, batch {batch}", xlabel="number of tasks k", ylabel="latency ms (median)",
-               xticks=ks)
-        ax.grid(alpha=.3)
-        ax.legend()
-    fig.suptitle(f"Latency vs tasks — {device}", fontsize=9)
-    fig.tight_layout()
-    path = out_dir / "latency_vs_tasks.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, ((backend, batch), rows) in zip(axes[0], groups.items()):
-        ks = [r["k"] for r in rows]
-        w = 0.38
-        ax.bar([k - w / 2 for k in ks], [r["added_ms_fused"] for r in rows], w, label="fused")
-        ax.bar([k + w / 2 for k in ks], [r["added_ms_separate"] for r in rows], w, label="separate")
-        ax.set(title=f"{backend}, batch {batch}", xlabel="k-th task", ylabel="added latency ms", xticks=ks)
-        ax.grid(alpha=.3, axis="y")
-        ax.legend()
-    fig.suptitle(f"Latency each extra task adds — {device}", fontsize=9)
-    fig.tight_layout()
-    path = out_dir / "added_latency_per_task.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written = []
+    for name, title, panel in (("latency_vs_tasks", "Latency vs tasks", _latency_panel),
+                               ("added_latency_per_task", "Latency each extra task adds", _added_panel)):
+        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+        for ax, ((backend, batch), rows) in zip(axes[0], groups.items()):
+            panel(ax, rows)
+            ax.set_title(f"{backend}, batch {batch}")
+            ax.legend()
+        fig.suptitle(f"{title} — {device}", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
 
 

@@ -100,10 +100,9 @@ def render_results(results: dict, console: Console | None = None) -> None:
     console = console or Console(width=120)
     for s in results["skipped"]:
         console.print(f"[yellow]skipped {s['backend']}[/]: {s['reason']}")
-    groups: dict = {}
-    for r in results["rows"]:
-        groups.setdefault((r["backend"], r["batch"]), []).append(r)
-    for (backend, batch), rows in groups.items():
+    from benchmarks.report import group_rows
+
+    for (backend, batch), rows in group_rows(results).items():
         table = Table(title=f"{backend}, batch {batch}")
         for col in ("k", "fused ms", "separate ms", "ratio", "ideal (FLOPs)", "+ms/task fused", "+ms/task separate",
                     "weights MB fused/sep"):
