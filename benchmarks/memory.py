@@ -22,12 +22,6 @@ def rss_bytes() -> int:
     return 0
 
 
-def peak_rss_bytes() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def nvml_used_bytes(index: int = 0) -> int | None:
     """Device memory in use on GPU ``index`` by NVML (nvidia-ml-py), or None where NVML is absent."""
     try:

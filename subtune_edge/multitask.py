@@ -183,7 +183,6 @@ class MultiTaskModel(nn.Module):
             head.load_state_dict(t.head_state())
             branches.append(_Branch(bp.start, units, head, t.siamese))
         self.branches = nn.ModuleList(branches)
-        self._taps = sorted({b.start for b in branches})
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)

