@@ -15,7 +15,6 @@ the torch backends build the k-task ``MultiTaskModel`` directly.
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,13 +59,12 @@ ProgressFn = Callable[[str, int, int], None]  # (label, done, total)
 
 
 def read_manifest(export_dir: Path) -> dict:
-    path = Path(export_dir) / "manifest.json"
-    if not path.is_file():
+    """The export's manifest, parsed and validated by the exporter's own reader."""
+    from exporters.manifest import read_manifest as read_export_manifest
+
+    if not (Path(export_dir) / "manifest.json").is_file():
         raise ExportError(f"{export_dir} has no manifest.json; create it with `subtune-edge export --separate`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{path} is not valid JSON ({exc}); re-export") from exc
+    return read_export_manifest(export_dir)
 
 
 def ideal_ratio(plan: dict, k: int) -> float | None:
