@@ -24,8 +24,8 @@ from subtune_edge.backbone import BackboneSpec, model_args_for_input
 from subtune_edge.budget import LatencyTable, front_report, plot_front
 from subtune_edge.data import DataSpec
 from subtune_edge.executor import RunLog
+from subtune_edge.io import atomic_write_bytes
 from subtune_edge.selection import GreedyConfig, SearchSetup, greedy_select
-from subtune_edge.task import atomic_write_bytes
 from subtune_edge.training import TrainConfig
 
 MODEL = "tf_efficientnet_lite0"

@@ -105,7 +105,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
 
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write results.json, report.md and the plots into ``out_dir``; returns the paths."""
-    from subtune_edge.task import atomic_write_bytes
+    from subtune_edge.io import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,9 @@ from pathlib import Path
 from .backbone import BackboneSpec, model_args_for_input
 from .data import DataSpec
 from .executor import RunLog, make_executor
+from .io import atomic_write_bytes
 from .selection import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile
-from .task import atomic_write_bytes, save_task
+from .task import save_task
 from .training import TrainConfig, get_backbone, get_data, train
 
 # event name, details; events: "step" (title), "run" (a training run finished), "epoch", "bench" (label, done, total)

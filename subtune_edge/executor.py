@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SubtuneError
-from .task import atomic_write_bytes
+from .io import atomic_write_bytes
 
 # fn(item, device) -> result; must be a module-level function (picklable) for process executors.
 RunFn = Callable[[Any, str], Any]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from safetensors.torch import save as st_save
 
 from .backbone import Backbone, BackboneSpec
 from .errors import TaskFileError
+from .io import atomic_write_bytes, jsonable
 
 FORMAT = "subtune-edge.task"
 FORMAT_VERSION = 1
@@ -70,8 +70,8 @@ class Task:
             "tuned_units": list(self.tuned_units),
             "head": {"in_features": self.head_in_features, "num_classes": self.num_classes,
                      "num_features": self.num_features},
-            "labels": list(self.labels), "preprocessing": _jsonable(self.preprocessing),
-            "siamese": self.siamese, "training": _jsonable(self.training),
+            "labels": list(self.labels), "preprocessing": jsonable(self.preprocessing),
+            "siamese": self.siamese, "training": jsonable(self.training),
         }
 
     # -- checks ---------------------------------------------------------------------------------
@@ -116,10 +116,6 @@ class Task:
             raise TaskFileError(f"task file {path} lists {len(self.labels)} labels for {self.num_classes} classes")
 
 
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-
 def content_hash(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(tensors):
@@ -128,22 +124,6 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_task(task: Task, path: str | os.PathLike) -> Path:

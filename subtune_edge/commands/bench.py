@@ -144,7 +144,7 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
     from benchmarks.device_costs import measure_device_costs
     from benchmarks.harness import Budget
 
-    from ..task import atomic_write_bytes
+    from ..io import atomic_write_bytes
     from ._options import parse_input_size
 
     size = parse_input_size(None, None, input_size)

@@ -247,8 +247,8 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
 def _write_front(greedy, gcfg: GreedyConfig, setup, backbone, task_dir: Path, name: str) -> dict:
     """The accuracy / added-cost front of every set the search evaluated, as JSON and a plot."""
     from ..budget import front_report, plot_front
+    from ..io import atomic_write_bytes
     from ..selection import SetCost
-    from ..task import atomic_write_bytes
 
     cost = SetCost(backbone, setup.data.input_size)
     table = gcfg.latency_table
