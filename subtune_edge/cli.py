@@ -14,7 +14,8 @@ import click
 
 from .errors import SubtuneError
 
-# module -> command names it defines; a module that is missing (not built yet) is skipped.
+# module -> command names it defines. A module that fails to import fails the command loudly: a
+# broken install must not silently lose a verb.
 COMMAND_MODULES = {
     "subtune_edge.commands.model": ["blocks", "plan"],
     "subtune_edge.commands.train": ["tune", "profile"],
@@ -29,8 +30,25 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SubtuneError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {_render(exc, ctx)}", fg="red", err=True)
             sys.exit(2)
+
+
+def _render(exc: SubtuneError, ctx: click.Context) -> str:
+    """The error as the user typed it: a library parameter becomes the command's flag."""
+    if exc.param is None:
+        return str(exc)
+    sub = ctx
+    while sub.invoked_subcommand and sub.command and isinstance(sub.command, click.Group):
+        cmd = sub.command.get_command(sub, sub.invoked_subcommand)
+        if cmd is None:
+            break
+        sub = click.Context(cmd, parent=sub, info_name=sub.invoked_subcommand)
+    for param in getattr(sub.command, "params", []):
+        if param.name == exc.param and isinstance(param, click.Option):
+            longs = [o for o in param.opts if o.startswith("--")]
+            return exc.render((longs or param.opts)[0])
+    return str(exc)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,12 +63,7 @@ def main() -> None:
 
 
 for _module, _names in COMMAND_MODULES.items():
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-        continue
+    _mod = importlib.import_module(_module)
     for _name in _names:
         main.add_command(getattr(_mod, _name.replace("-", "_")))
 

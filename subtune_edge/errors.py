@@ -9,7 +9,27 @@ from __future__ import annotations
 
 
 class SubtuneError(Exception):
-    """Base of every user-facing error; the message is a single actionable line."""
+    """Base of every user-facing error; the message is a single actionable line.
+
+    The library speaks Python, the CLI speaks flags: a message that names the parameter at fault
+    writes ``{param}`` where its name goes and passes ``param="out"``. ``str(error)`` then says
+    ``out``; the CLI, which knows its options, says ``--out``.
+
+    Args:
+        message: one line naming the problem and the fix; may hold ``{param}``.
+        param: the Python parameter the problem is in, if any.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        self.template = message
+        self.param = param
+        super().__init__(self.render())
+
+    def render(self, flag: str | None = None) -> str:
+        """The message with ``{param}`` as ``flag`` (the CLI's option) or the parameter's name."""
+        if self.param is None:
+            return self.template
+        return self.template.replace("{param}", flag or self.param)
 
 
 class BackboneError(SubtuneError):
