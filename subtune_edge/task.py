@@ -30,6 +30,46 @@ FORMAT = "subtune-edge.task"
 FORMAT_VERSION = 1
 METADATA_KEY = "subtune_edge"
 SUFFIX = ".safetensors"
+MAX_NAME_LENGTH = 128
+
+
+def validate_task_name(name: str) -> str:
+    """Refuse a task name that cannot safely be a file name and an ONNX output name.
+
+    A task name becomes ``<task_dir>/<name>.safetensors``, an output of the fused graph and a file
+    in an export, so one rule, shared by training, export and the task file itself, keeps a name
+    from escaping its folder (``../x``), naming the folder itself (``''``) or hiding (``.x``).
+
+    Args:
+        name: the task name to check.
+
+    Returns:
+        ``name`` unchanged, so that callers can write ``name = validate_task_name(name)``.
+
+    Raises:
+        TaskFileError: naming the name and the rule it breaks (``param="name"``).
+    """
+    def refuse(rule: str) -> TaskFileError:
+        shown = name if len(name) <= 60 else name[:40] + "..."
+        return TaskFileError(f"task {{param}} {shown!r} {rule}; use letters, digits, '-', '_' or '.'", param="name")
+
+    if not isinstance(name, str):
+        raise TaskFileError(f"task {{param}} must be a string, not {type(name).__name__}", param="name")
+    if not name:
+        raise refuse("is empty")
+    if "/" in name or "\\" in name:
+        raise refuse("holds a path separator")
+    if name in (".", ".."):
+        raise refuse("is a '..' or '.' path component")
+    if name.startswith("."):
+        raise refuse("starts with a dot")
+    if not name.isprintable() or any(c.isspace() and c != " " for c in name):
+        raise refuse("holds a non-printable character")
+    if name != name.strip():
+        raise refuse("starts or ends with a space")
+    if len(name) > MAX_NAME_LENGTH:
+        raise refuse(f"is {len(name)} characters long (at most {MAX_NAME_LENGTH})")
+    return name
 
 
 @dataclass
@@ -128,6 +168,7 @@ def content_hash(tensors: dict[str, torch.Tensor]) -> str:
 
 def save_task(task: Task, path: str | os.PathLike) -> Path:
     """Write ``task`` atomically as a safetensors file; returns the path written."""
+    validate_task_name(task.name)
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
@@ -171,6 +212,10 @@ def load_task(path: str | os.PathLike) -> Task:
     if content_hash(tensors) != meta.get("content_sha256"):
         raise TaskFileError(f"task file {path} failed its integrity check (tensor bytes were changed "
                             "after saving); re-train or re-copy it")
+    try:
+        validate_task_name(meta.get("name"))
+    except TaskFileError as exc:
+        raise TaskFileError(f"task file {path}: metadata field 'name': {exc}") from exc
     head = meta["head"]
     task = Task(
         name=meta["name"], backbone=BackboneSpec.from_json(meta["backbone"]), fingerprint=meta["fingerprint"],
@@ -187,6 +232,7 @@ def resolve_task_path(spec: str, task_dir: str | os.PathLike | None = None) -> P
     as_path = Path(spec)
     if as_path.suffix == SUFFIX or os.sep in spec:
         return as_path
+    validate_task_name(spec)
     folder = Path(task_dir) if task_dir else Path(".")
     candidate = folder / f"{spec}{SUFFIX}"
     if not candidate.is_file():
@@ -211,6 +257,7 @@ def make_task(name: str, backbone: Backbone, tuned: dict[str, torch.nn.Module], 
               labels: list[str] | None = None, preprocessing: dict | None = None, siamese: bool = False,
               training: dict | None = None) -> Task:
     """Package trained modules as a :class:`Task` tied to ``backbone``'s frozen weights."""
+    validate_task_name(name)
     order = [u for u in backbone.unit_names if u in tuned]
     tensors = {f"{u}.{k}": v.detach().cpu().clone() for u in order for k, v in tuned[u].state_dict().items()}
     tensors["head.weight"] = head.weight.detach().cpu().clone()
