@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/subtune-edge demo --out demo-out
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
 
+# ruff, then the import-linter contracts in pyproject.toml (the layers of ARCHITECTURE.md)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo --no-cache
 
 cpp: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" examples/cpp/scripts/build_ci.sh
