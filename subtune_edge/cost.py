@@ -8,6 +8,7 @@ perfectly compute-bound runtime would save; the benchmark puts measured latency 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,8 +16,56 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import Backbone
+from .errors import BackboneError
 from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel
 from .task import Task
+
+NECK_POOL = "neck+pool"  # the name of the neck + pool part in :func:`unit_costs`
+
+
+def branch_units(unit_names: Sequence[str], tuned_units: Iterable[str]) -> list[str]:
+    """The units a task's branch runs: every unit from its first tuned one to the end.
+
+    This is *the* branch rule of the sharing plan. A task leaves the shared trunk at its first
+    tuned unit and, from there on, must re-run every later unit (tuned or frozen) on its own
+    activation; everything before stays shared. Selection budgets, plan costs and device cost
+    tables all ask this one function.
+
+    Args:
+        unit_names: the backbone's units in model order.
+        tuned_units: the units the task tunes (any order).
+
+    Returns:
+        The branch's units in model order; empty for a linear probe (no tuned unit).
+
+    Raises:
+        BackboneError: a tuned unit is not one of ``unit_names``.
+    """
+    tuned = set(tuned_units)
+    if not tuned:
+        return []
+    unknown = sorted(tuned.difference(unit_names))
+    if unknown:
+        raise BackboneError(f"unit '{unknown[0]}' is not one of the backbone's units "
+                            f"({', '.join(unit_names[:3])}, ...)")
+    first = min(list(unit_names).index(u) for u in tuned)
+    return list(unit_names[first:])
+
+
+def branch_flops(unit_flops: Mapping[str, int], unit_names: Sequence[str], tuned_units: Iterable[str]) -> int:
+    """FLOPs of a task's branch without its head: its :func:`branch_units` plus neck and pool.
+
+    A linear probe's branch is the neck and pool alone (on the trunk's end).
+
+    Args:
+        unit_flops: FLOPs by part name, as :func:`unit_costs` names them (must hold ``"neck+pool"``).
+        unit_names: the backbone's units in model order.
+        tuned_units: the units the task tunes.
+
+    Returns:
+        The branch's FLOPs at the batch size ``unit_flops`` were counted at.
+    """
+    return sum(unit_flops[u] for u in branch_units(unit_names, tuned_units)) + unit_flops[NECK_POOL]
 
 
 @dataclass
@@ -68,7 +117,7 @@ def unit_costs(backbone: Backbone, input_size: tuple[int, int] | None = None) ->
     h, w = input_size or backbone.data_config["input_size"][1:]
     x = torch.zeros(1, 3, int(h), int(w))
     neck_pool = nn.Sequential(backbone.neck, backbone.pool)
-    parts = [("stem", backbone.stem), *backbone.units.items(), ("neck+pool", neck_pool)]
+    parts = [("stem", backbone.stem), *backbone.units.items(), (NECK_POOL, neck_pool)]
     out = []
     for name, module in parts:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -90,18 +139,16 @@ def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: M
     for name in ["stem", *plan.trunk_units]:
         u = by_name[name]
         trunk += Cost(u.params, u.bytes, u.flops)
-    neck_pool = by_name["neck+pool"]
+    flops_of = {u.name: u.flops for u in units}
     branches = {}
     for t, bp in zip(tasks, plan.branches):
         head = Cost(t.head_in_features * t.num_classes + t.num_classes,
                     4 * (t.head_in_features * t.num_classes + t.num_classes), 2 * t.head_in_features * t.num_classes)
         tuned = Cost()
-        flops = neck_pool.flops
-        for name in plan.unit_names[bp.start:]:
+        for name in t.tuned_units:
             u = by_name[name]
-            flops += u.flops
-            if name in t.tuned_units:
-                tuned += Cost(u.params, u.bytes, 0)
+            tuned += Cost(u.params, u.bytes, 0)
+        flops = branch_flops(flops_of, plan.unit_names, t.tuned_units)
         branches[t.name] = {"start_unit": bp.start_unit, "tuned_units": bp.tuned_units,
                             **(tuned + head + Cost(0, 0, flops)).to_json()}
     fused_size = size_of(fused)
