@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from timm.data import create_transform
-from timm.data.readers.img_extensions import get_img_extensions
 
-from .errors import DataError
+from ..errors import DataError
+from .images import IMAGE_EXTENSIONS, check_image, is_image_file, list_images, read_image, to_rgb  # noqa: F401
 
 DIGITS_PREFIX = "digits"
 # target name -> (class labels, function from the digit to the class index)
@@ -46,7 +46,6 @@ DIGITS_TARGETS: dict[str, tuple[list[str], Callable[[np.ndarray], np.ndarray]]] 
     "parity": (["even", "odd"], lambda d: d % 2),
     "ge5": (["<5", ">=5"], lambda d: (d >= 5).astype(np.int64)),
 }
-IMAGE_EXTENSIONS = tuple(sorted(set(get_img_extensions()) | {".bmp", ".webp"}))
 
 
 # -- datasets of untransformed images ------------------------------------------------------------
@@ -129,12 +128,7 @@ class FolderImages(ImageSet):
         self.paths = list(paths)
 
     def image(self, index: int) -> Image.Image:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"cannot read image {path} ({exc}); fix or remove the file") from exc
+        return read_image(self.paths[index])
 
     def subset(self, indices: Sequence[int], tag: str) -> FolderImages:
         idx = np.asarray(indices, dtype=np.int64)
@@ -400,8 +394,7 @@ def _scan(root: Path, check: bool) -> tuple[list[str], list[str], list[str]]:
     classes = _class_dirs(root)
     paths, names = [], []
     for d in classes:
-        found = sorted(str(Path(dirpath) / f) for dirpath, _, files in os.walk(d) for f in files
-                       if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith("."))
+        found = [str(p) for p in list_images(d)]
         if not found:
             raise DataError(f"class folder {d} has no images ({'/'.join(IMAGE_EXTENSIONS)}); "
                             "add images or remove the folder")
@@ -409,17 +402,8 @@ def _scan(root: Path, check: bool) -> tuple[list[str], list[str], list[str]]:
         names.extend([d.name] * len(found))
     if check:
         for p in paths:
-            _check_image(p)
+            check_image(p)
     return [d.name for d in classes], paths, names
-
-
-def _check_image(path: str) -> None:
-    """Read the header (cheap): catches empty, truncated-header and non-image files before training."""
-    try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 - opening parses the header
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); fix or remove the file") from exc
 
 
 def image_folder(root: str | os.PathLike, data_config: dict, val_fraction: float = 0.2, seed: int = 0,
