@@ -11,8 +11,10 @@ subtune+cache   the same branch fed with cached prefix outputs: what an epoch co
 
 Targets: SubTuning step <= 40% of full finetuning, <= 25% with the prefix cache.
 
-    python benchmarks/cuda_train_step.py                          # on a CUDA machine
-    python benchmarks/cuda_train_step.py --device cpu --batch 4 --steps 2   # smoke check anywhere
+    python -m benchmarks.cuda_train_step                          # on a CUDA machine
+    python -m benchmarks.cuda_train_step --device cpu --batch 4 --steps 2   # smoke check anywhere
+
+(from a checkout, or anywhere subtune-edge is installed).
 
 Writes ``benchmarks/results/cuda_train_step.json`` (CUDA) or ``cuda_train_step_cpu_smoke.json``.
 Weights are seeded random (``--weights random``): step time does not depend on their values.
@@ -23,19 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from subtune_edge.backbone import create_backbone
+from subtune_edge.multitask import TaskModel
+from subtune_edge.training import TrainConfig, TrainStep, amp_dtype, device_name
 
-from subtune_edge.backbone import create_backbone  # noqa: E402
-from subtune_edge.multitask import TaskModel  # noqa: E402
-from subtune_edge.training import TrainConfig, TrainStep, amp_dtype, device_name  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 
 TARGETS = {"subtune": 0.40, "subtune+cache": 0.25}
 

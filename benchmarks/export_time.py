@@ -6,8 +6,8 @@ ONNX Runtime, hashing, manifest), first as users run it by default (fused graph 
 ``--separate`` for the sizes of the baseline (one full model per task). Writes
 ``benchmarks/results/export_time.{json,md}`` with the machine it ran on.
 
-    python benchmarks/export_time.py            # the issue's measurement (target: < 30 s on 2 cores)
-    python benchmarks/export_time.py --model resnet18 --size 64 --out /tmp/et   # a quick look
+    python -m benchmarks.export_time            # the issue's measurement (target: < 30 s on 2 cores)
+    python -m benchmarks.export_time --model resnet18 --size 64 --out /tmp/et   # a quick look
 
 Weights (no network here): timm's seeded random init, with every BatchNorm given trained-like
 statistics (scale ~ N(1, 0.1), shift ~ N(0, 0.1), running variance ~ U(0.5, 1.5)) and saved as a
@@ -28,21 +28,22 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
+import torch
+from safetensors.torch import save_file
+
+from exporters import export_tasks
+from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.synthetic import synthetic_task
+from subtune_edge.weights import create_model
+
+from .environment import describe
+
+ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 
 
 def machine() -> dict:
-    from benchmarks.environment import describe
-
     env = describe()
-    try:
-        import torch
-
-        env["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
+    env["torch_threads"] = torch.get_num_threads()
     env["cpus_usable"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         env["memory_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -60,12 +61,6 @@ def load() -> list[float] | None:
 
 def trained_like_weights(model: str, size: int, path: Path) -> str:
     """timm's random init with BatchNorm statistics like a trained network's, saved to ``path``."""
-    import torch
-    from safetensors.torch import save_file
-
-    from subtune_edge.backbone import model_args_for_input
-    from subtune_edge.weights import create_model
-
     net = create_model(model, "random", **model_args_for_input(model, (size, size)))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -81,10 +76,6 @@ def trained_like_weights(model: str, size: int, path: Path) -> str:
 
 def run(model: str, size: int, units: str, n_tasks: int, bn_init: str, repeat: int = 3) -> dict:
     """Time the fused export ``repeat`` times, then once with separate copies; returns the record."""
-    from exporters import export_tasks
-    from subtune_edge.backbone import create_backbone, model_args_for_input
-    from subtune_edge.synthetic import synthetic_task
-
     with tempfile.TemporaryDirectory(prefix="export-time-") as tmp:
         weights = "random"
         if bn_init == "trained":
@@ -147,7 +138,7 @@ def markdown(result: dict) -> str:
         + ", ".join(f"{i['kind']} x{i['batch']}" for i in s["verification_inputs"]) + ".",
         "",
         f"Machine: {m['cpu']}, {m['cpus_usable']} usable cores ({m.get('torch_threads')} torch threads), "
-        f"{m['platform']}, no GPU used. Written by `python benchmarks/export_time.py`.",
+        f"{m['platform']}, no GPU used. Written by `python -m benchmarks.export_time`.",
         "",
         "Each export is timed end to end (`export_tasks`: backbone load, sharing plan with FLOPs, TorchScript export "
         "with the weight checks, verification of every output in ONNX Runtime, hashing, manifest). The machine is "

@@ -1,6 +1,6 @@
 """Accuracy vs added latency per task: budgeted greedy SubTuning beside the unbudgeted choice.
 
-    python benchmarks/latency_front.py --out benchmarks/results/latency_front
+    python -m benchmarks.latency_front --out benchmarks/results/latency_front
 
 1. measures the device cost table of ``tf_efficientnet_lite0`` on ``ort-cpu`` (the added latency of
    a task branching at each unit, as the fused graph runs it);

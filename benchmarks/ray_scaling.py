@@ -8,25 +8,35 @@ building the backbone and data, the runs, results streamed into a fresh run log.
 alternate (1, 2, 1, 2, ...) so a change in the machine's background load hits both. As a reference
 it also times the same profile in this process with the local executor on all cores' threads.
 
-    python benchmarks/ray_scaling.py                      # writes benchmarks/results/ray_scaling.{json,md}
-    python benchmarks/ray_scaling.py --repeats 1 --epochs 1 --out /tmp/rs   # a quick look
+    python -m benchmarks.ray_scaling                      # writes benchmarks/results/ray_scaling.{json,md}
+    python -m benchmarks.ray_scaling --repeats 1 --epochs 1 --out /tmp/rs   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(ROOT))
+import torch
+
+from subtune_edge.backbone import BackboneSpec
+from subtune_edge.data import DataSpec
+from subtune_edge.executor import LocalExecutor, RunLog
+from subtune_edge.ray_executor import RayExecutor
+from subtune_edge.selection import SearchSetup, finetuning_profile
+from subtune_edge.training import TrainConfig, get_backbone, get_data
+
+from .environment import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 
 
 def _load() -> list[float] | None:
@@ -37,10 +47,6 @@ def _load() -> list[float] | None:
 
 
 def machine() -> dict:
-    import torch
-
-    from benchmarks.environment import cpu_name
-
     return {"machine": platform.machine(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -49,8 +55,6 @@ def machine() -> dict:
 
 
 def _version(name: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -58,11 +62,6 @@ def _version(name: str) -> str | None:
 
 
 def _setup(args):
-    from subtune_edge.backbone import BackboneSpec
-    from subtune_edge.data import DataSpec
-    from subtune_edge.selection import SearchSetup
-    from subtune_edge.training import TrainConfig
-
     return SearchSetup(BackboneSpec(args.model, "random"),
                        DataSpec(args.data, (args.size, args.size), train_samples=args.train_samples,
                                 val_samples=args.val_samples),
@@ -73,9 +72,6 @@ def _setup(args):
 
 def time_profile(args, workers: int | None, log_dir: Path) -> dict:
     """One profile; ``workers`` None: the local executor in this process."""
-    from subtune_edge.executor import LocalExecutor, RunLog
-    from subtune_edge.selection import finetuning_profile
-
     setup = _setup(args)
     units = args.units.split(",")
     log = RunLog(log_dir / f"runs-{workers}-{time.monotonic_ns()}.json", setup.context())
@@ -85,9 +81,7 @@ def time_profile(args, workers: int | None, log_dir: Path) -> dict:
     if workers is None:
         executor = LocalExecutor("cpu")
     else:
-        import ray
-
-        from subtune_edge.ray_executor import RayExecutor
+        import ray  # optional: the [dist] extra
 
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
@@ -103,8 +97,6 @@ def time_profile(args, workers: int | None, log_dir: Path) -> dict:
         prof = finetuning_profile(setup, (1,), units, executor=executor, log=log)
     finally:
         if workers is not None:
-            import ray
-
             ray.shutdown()
     wall = time.perf_counter() - t0
     profile_s = time.perf_counter() - t_profile
@@ -119,8 +111,6 @@ def time_profile(args, workers: int | None, log_dir: Path) -> dict:
 
 
 def _spin(seconds: float, barrier, results) -> None:
-    import torch
-
     torch.set_num_threads(1)
     a = torch.randn(192, 192)
     barrier.wait()
@@ -134,8 +124,6 @@ def _spin(seconds: float, barrier, results) -> None:
 def headroom(seconds: float = 5.0) -> dict:
     """What the machine gives two CPU-bound processes right now: the throughput of 2 one-thread processes
     spinning on matmuls together, over 1 alone (2.0 on 2 idle cores; lower when other jobs hold the cores)."""
-    import multiprocessing as mp
-
     ctx = mp.get_context("spawn")
     out = {}
     for procs in (1, 2):
@@ -151,10 +139,6 @@ def headroom(seconds: float = 5.0) -> dict:
 
 
 def _warm_worker(backbone_spec, data_spec) -> int:
-    import torch
-
-    from subtune_edge.training import get_backbone, get_data
-
     torch.set_num_threads(1)
     get_data(data_spec, get_backbone(backbone_spec).data_config)
     return os.getpid()
@@ -178,14 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Also time the profile in this process (local executor, all cores' threads).")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
-
-    import torch
-
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from subtune_edge.training import get_backbone
-
     get_backbone(_setup(args).backbone)  # the driver's own copy (unit names), before any timing
     rows = []
     probes = []
@@ -277,7 +256,7 @@ def _markdown(res: dict) -> str:
         "worker building the backbone and data once (serial costs), the runs not being equally long (full "
         "finetuning is the longest; the last run can leave a worker idle), and the other jobs on the cores.",
         "",
-        "Written by `python benchmarks/ray_scaling.py`.",
+        "Written by `python -m benchmarks.ray_scaling`.",
         "",
     ]
     return "\n".join(lines)

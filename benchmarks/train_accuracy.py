@@ -19,7 +19,7 @@ greedy SubTuning    forward greedy (epsilon 0.01) over the last 4 units, at most
                     selection never sees the numbers it is reported with)
 full finetuning     every unit (the stem stays frozen)
 
-    python benchmarks/train_accuracy.py            # writes benchmarks/results/train_accuracy.{md,json}
+    python -m benchmarks.train_accuracy            # writes benchmarks/results/train_accuracy.{md,json}
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,16 +36,16 @@ from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from subtune_edge.backbone import BackboneSpec
+from subtune_edge.data import DataSpec
+from subtune_edge.executor import LocalExecutor, RunLog
+from subtune_edge.selection import Evaluator, GreedyConfig, SearchSetup, greedy_select
+from subtune_edge.training import TrainConfig, device_name, get_backbone, get_data
 
-from benchmarks.cuda_train_step import prepare, summary  # noqa: E402
-from subtune_edge.backbone import BackboneSpec  # noqa: E402
-from subtune_edge.data import DataSpec  # noqa: E402
-from subtune_edge.executor import LocalExecutor, RunLog  # noqa: E402
-from subtune_edge.selection import Evaluator, GreedyConfig, SearchSetup, greedy_select  # noqa: E402
-from subtune_edge.training import TrainConfig, device_name, get_backbone, get_data  # noqa: E402
+from .cuda_train_step import prepare, summary
+from .environment import describe
+
+ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 
 ALL = 0  # "all training samples" in --samples
 
@@ -243,8 +242,6 @@ def main(argv: list[str] | None = None) -> dict:
     steps = step_times(args, spec, log)  # first, in a fresh process: after hundreds of runs timings drift
     counts = {"trained": 0, "from_log": 0}
     accuracy = accuracy_table(args, spec, work, log, counts)
-    from benchmarks.environment import describe
-
     machine = describe()
     machine["torch_threads"] = args.threads
     machine["device"] = device_name("cpu")
