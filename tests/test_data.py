@@ -126,7 +126,7 @@ def test_folder_errors_name_the_problem(tmp_path, cfg):
     (bad / "b" / "broken.png").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=f"cannot read image {bad / 'b' / 'broken.png'}"):
         image_folder(bad, cfg)
-    with pytest.raises(DataError, match="is neither a folder nor one of digits:digit"):
+    with pytest.raises(DataError, match="does not exist and is not one of digits:digit"):
         load_data(DataSpec(str(tmp_path / "missing")), cfg)
     with pytest.raises(DataError, match="unknown digits target 'odd'"):
         load_data(DataSpec("digits:odd"), cfg)
@@ -152,3 +152,80 @@ def test_arrays(cfg):
         from_arrays(x[:8], [0] * 8, x[8:], [0] * 4, ["no"], cfg)
     with pytest.raises(DataError, match="must be uint8"):
         from_arrays(x[:8].astype(float), [0, 1] * 4, x[8:], [0, 1, 1, 0], ["no", "yes"], cfg)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda root: "digits:nope", r"unknown digits target 'nope'; use one of digits:digit, digits:parity, digits:ge5"),
+    (lambda root: str(root / "missing"), r"data '.*missing' does not exist and is not one of digits:digit.*; "
+                                         r"give data_source an image folder"),
+    (lambda root: _file(root / "file.png"), r"data '.*file.png' is not a folder .*give data_source an image folder"),
+    (lambda root: _mkdir(root / "empty"), r"empty has 0 classes \(none\); a classifier needs at least 2: add a folder"),
+    (lambda root: _flat(root / "flat"), r"flat has 0 classes \(none\); a classifier needs at least 2: add a folder"),
+    (lambda root: _classes(root / "one", ["only"]), r"one has 1 class \(only\); a classifier needs at least 2"),
+    (lambda root: _classes(root / "tiny", ["a", "b"], n=1), r"tiny is too small to hold out 20% for validation; add"),
+    (lambda root: _stray_val(root / "stray"), r"validation class folder .*stray/val/c has no training folder in "
+                                              r".*stray/train; rename or remove it"),
+])
+def test_malformed_data_specs_give_one_line_naming_problem_and_fix(tmp_path, cfg, make, expected):
+    with pytest.raises(DataError, match=expected) as exc:
+        load_data(DataSpec(make(tmp_path), (SIZE, SIZE)), cfg)
+    _one_line(exc)
+
+
+def test_sample_and_fold_errors_name_the_parameter(cfg):
+    with pytest.raises(DataError, match="set train_samples to at least 10") as exc:
+        load_data(DataSpec("digits:digit", (SIZE, SIZE), train_samples=5), cfg)
+    assert exc.value.render("--train-samples").endswith("set --train-samples to at least 10")
+    with pytest.raises(DataError, match=r"at least 2 folds, got 1; set folds to 2 or more") as exc:
+        load_data(DataSpec("digits:digit", (SIZE, SIZE), folds=1, fold=0), cfg)
+    assert exc.value.param == "folds"
+    with pytest.raises(DataError, match="set val_fraction to e.g. 0.2") as exc:
+        stratified_split(np.zeros(4, int), 1.5, 0)
+    assert exc.value.render("--val-fraction") == ("validation fraction must be between 0 and 1, got 1.5; "
+                                                  "set --val-fraction to e.g. 0.2")
+
+
+def test_folder_scan_takes_image_files_only_in_string_order(tmp_path, cfg):
+    _write_folder(tmp_path, ["a", "b"], n=2)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"editor dropping")
+    (tmp_path / "b" / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "sub" / "deep.JPG", "JPEG")
+    data = image_folder(tmp_path, dict(cfg, input_size=(3, SIZE, SIZE)), val_fraction=0.4)
+    paths = sorted(data.train.paths + data.val.paths)
+    assert [p.replace(str(tmp_path), "") for p in paths] == ["/a/0.png", "/a/1.png", "/b/0.png", "/b/1.png",
+                                                              "/b/sub/deep.JPG"]
+
+
+def _file(path):
+    Image.new("RGB", (8, 8)).save(path)
+    return str(path)
+
+
+def _mkdir(path):
+    path.mkdir()
+    return str(path)
+
+
+def _flat(path):
+    path.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, i, i)).save(path / f"{i}.png")
+    return str(path)
+
+
+def _classes(path, classes, n=3):
+    _write_folder(path, classes, n=n)
+    return str(path)
+
+
+def _stray_val(path):
+    _write_folder(path / "train", ["a", "b"], n=2)
+    _write_folder(path / "val", ["a", "c"], n=1)
+    return str(path)
