@@ -203,17 +203,15 @@ def _declared_bits(img: Image.Image) -> int | None:
 
 def _grey_to_uint8(img: Image.Image, name: str) -> np.ndarray:
     """16-bit, 32-bit integer or float greys as uint8, scaled by bit depth (ints) or by 255 (floats)."""
-    arr = np.asarray(img)
+    arr = np.asarray(img)  # float32 or (u)int16/int32: no wider copies of a large image
     if img.mode == "F":
-        arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             raise DataError(f"float image {name} holds NaN or infinite values; fix or remove the file")
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
             raise DataError(f"float image {name} holds values {lo:g}..{hi:g}, outside 0..1, so its range is "
                             "unknown; scale it to 0..1 or save it as 8- or 16-bit")
-        return np.rint(arr * 255.0).astype(np.uint8)
-    arr = arr.astype(np.int64)
+        return np.rint(arr.astype(np.float32) * np.float32(255.0)).astype(np.uint8)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0:
         raise DataError(f"image {name} holds negative values ({lo}..{hi}), so its range is unknown; "
@@ -226,6 +224,6 @@ def _grey_to_uint8(img: Image.Image, name: str) -> np.ndarray:
                             "save it as 8- or 16-bit")
         bits = 8 if hi <= 255 else 16
     if bits <= 8:
-        return arr.astype(np.uint8)
+        return np.minimum(arr, 255).astype(np.uint8)
     top = (1 << bits) - 1
-    return np.rint(np.minimum(arr, top) * (255.0 / top)).astype(np.uint8)
+    return np.rint(np.minimum(arr, top).astype(np.float32) * np.float32(255.0 / top)).astype(np.uint8)
