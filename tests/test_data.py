@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from subtune_edge.cli import main
 from subtune_edge.data import (
     DataSpec,
     from_arrays,
@@ -229,3 +231,20 @@ def _stray_val(path):
     _write_folder(path / "train", ["a", "b"], n=2)
     _write_folder(path / "val", ["a", "c"], n=1)
     return str(path)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda root: "digits:nope", "error: unknown digits target 'nope'; use one of digits:digit"),
+    (lambda root: str(root / "missing"), "give --data an image folder (one subfolder per class) or a digits target"),
+    (lambda root: _mkdir(root / "empty"), "empty has 0 classes (none); a classifier needs at least 2"),
+    (lambda root: _classes(root / "one", ["only"]), "one has 1 class (only); a classifier needs at least 2"),
+])
+def test_tune_on_malformed_data_is_one_error_line_and_writes_nothing(tmp_path, make, expected):
+    out = tmp_path / "tasks"
+    result = CliRunner().invoke(main, ["tune", "resnet18", "--weights", "random", "--data", make(tmp_path),
+                                       "--name", "x", "--blocks", "none", "--input-size", str(SIZE), "--epochs", "1",
+                                       "--no-progress", "--task-dir", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert not out.exists() or not any(out.iterdir())
