@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = tuple(tasks[0].preprocessing["input_size"][1:])
     plan = build_fused(backbone, tasks, size).plan
     print(f"trunk: stem + {plan.trunk_end} units; ideal FLOPs ratio fused/separate "
-          f"{plan.cost['ideal_ratio_flops']:.3f}")
+          f"{plan.cost.ideal_ratio_flops:.3f}")
     manifest = export_tasks(tasks, args.out, separate=True)
     print(f"wrote {args.out}/model.onnx; verification passed: {manifest['verification']['passed']}")
 

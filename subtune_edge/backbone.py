@@ -9,7 +9,7 @@ parts in sequence reproduces ``model(x)`` exactly in eval mode.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,20 +26,106 @@ from . import weights as weights_mod
 from .errors import BackboneError
 
 
+def _img_size_ok(v) -> bool:
+    def dim(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 8192
+
+    return dim(v) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(dim(x) for x in v))
+
+
+# The model arguments subtune-edge itself writes (see model_args_for_input), with their checks. A
+# spec read from a file is data: any other key could make timm load a checkpoint_path or fail.
+MODEL_ARGS = {"img_size": (_img_size_ok, "a positive integer or [height, width]")}
+
+
+def check_model_args(model_args: dict) -> dict:
+    """Refuse model arguments that subtune-edge does not write itself.
+
+    A :class:`BackboneSpec` read from a task file or a manifest is passed to ``timm.create_model``
+    as keywords; accepting any key would let a file make timm read a ``checkpoint_path`` or fail
+    with a ``TypeError``. Arguments given in Python to :func:`create_backbone` are not checked.
+
+    Args:
+        model_args: the ``model_args`` of a spec read from a file.
+
+    Returns:
+        ``model_args``, unchanged.
+
+    Raises:
+        BackboneError: naming the first key that is not allowed or has a bad value.
+    """
+    for key, value in model_args.items():
+        if key not in MODEL_ARGS:
+            raise BackboneError(f"model argument {key!r} is not one subtune-edge writes (allowed: "
+                                f"{', '.join(MODEL_ARGS)}); a file cannot pass other arguments to timm")
+        ok, expected = MODEL_ARGS[key]
+        if not ok(value):
+            raise BackboneError(f"model argument {key!r} is {value!r:.40}, expected {expected}")
+    return model_args
+
+
+def hash_tensors(items: Iterable[tuple[str, torch.Tensor]], *, sort: bool = False) -> str:
+    """sha256 over named tensors: each name, dtype, shape and raw bytes, in the given order.
+
+    The one tensor hash of the project: the backbone fingerprint and a task file's content hash
+    are both this, so a byte that changes anywhere changes the hash.
+
+    Args:
+        items: (name, tensor) pairs.
+        sort: hash in name order instead of the given order.
+
+    Returns:
+        The hex digest.
+    """
+    h = hashlib.sha256()
+    for key, tensor in (sorted(items, key=lambda kv: kv[0]) if sort else items):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Everything needed to rebuild the same backbone in another process (stored in task files)."""
+    """Everything needed to rebuild the same backbone in another process (stored in task files).
+
+    Attributes:
+        model_name: the timm model name.
+        weights: a weights source, see :mod:`subtune_edge.weights`.
+        model_args: creation arguments for ``timm.create_model`` (only ``img_size`` when read from a file).
+    """
 
     model_name: str
     weights: str = "timm"
     model_args: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """The spec as JSON, as task files and manifests store it."""
         return {"model_name": self.model_name, "weights": self.weights, "model_args": dict(self.model_args)}
 
     @classmethod
     def from_json(cls, data: dict) -> BackboneSpec:
-        return cls(data["model_name"], data.get("weights", "timm"), dict(data.get("model_args") or {}))
+        """Read a spec written by :meth:`to_json`, refusing model arguments subtune-edge never writes.
+
+        Args:
+            data: the JSON object.
+
+        Returns:
+            The spec.
+
+        Raises:
+            BackboneError: ``data`` is not such an object, or holds a model argument not allowed.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("model_name"), str):
+            raise BackboneError(f"a backbone spec must be an object with a model_name, not {str(data)[:40]!r}")
+        weights = data.get("weights", "timm")
+        if not isinstance(weights, str) or not weights:
+            raise BackboneError(f"a backbone spec's weights must be a non-empty string, not {weights!r:.40}")
+        model_args = data.get("model_args") or {}
+        if not isinstance(model_args, dict):
+            raise BackboneError(f"a backbone spec's model_args must be an object, not {model_args!r:.40}")
+        return cls(data["model_name"], weights, dict(check_model_args(model_args)))
 
 
 @dataclass
@@ -115,13 +201,8 @@ class Backbone:
         The original classifier is left out: no task uses it, and a weights file saved with another
         number of classes still gives the same trunk.
         """
-        h = hashlib.sha256()
-        for prefix, module in self.frozen_parts():
-            for key, tensor in sorted(module.state_dict().items()):
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{prefix}.{key}|{t.dtype}|{tuple(t.shape)}".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
+        return hash_tensors((f"{prefix}.{key}", tensor) for prefix, module in self.frozen_parts()
+                            for key, tensor in sorted(module.state_dict().items()))
 
     def frozen_parts(self) -> list[tuple[str, nn.Module]]:
         return [("stem", self.stem), *self.units.items(), ("neck", self.neck), ("pool", self.pool)]

@@ -11,9 +11,10 @@ file is refused instead of half-loaded).
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .backbone import Backbone, BackboneSpec
-from .errors import TaskFileError
+from .backbone import Backbone, BackboneSpec, check_model_args, hash_tensors
+from .errors import BackboneError, TaskFileError
 from .io import atomic_write_bytes, jsonable
 
 FORMAT = "subtune-edge.task"
@@ -74,7 +75,21 @@ def validate_task_name(name: str) -> str:
 
 @dataclass
 class Task:
-    """One task: its tuned unit weights, its head and the metadata that ties them to a backbone."""
+    """One task: its tuned unit weights, its head and the metadata that ties them to a backbone.
+
+    Attributes:
+        name: the task's name, also its file name and its output name in an export.
+        backbone: how to rebuild the backbone it was trained on.
+        fingerprint: sha256 of the frozen weights it relies on (:attr:`Backbone.fingerprint`).
+        tuned_units: the units it tunes, in model order.
+        num_features: features the backbone gives the head.
+        num_classes: outputs of the head.
+        tensors: its tensors: ``<unit>.<key>`` for tuned units, ``head.weight`` and ``head.bias``.
+        labels: class names (empty, or one per class).
+        preprocessing: the timm data config it was trained with.
+        siamese: its head reads tuned and frozen features side by side.
+        training: the training record (mode, epochs, samples, validation accuracy, ...).
+    """
 
     name: str
     backbone: BackboneSpec
@@ -90,20 +105,25 @@ class Task:
 
     @property
     def head_in_features(self) -> int:
+        """Inputs of the head: twice the features for a Siamese task."""
         return self.num_features * (2 if self.siamese else 1)
 
     @property
     def mode(self) -> str:
+        """How it was trained: ``linear-probe``, ``subtune``, ``full``, ``synthetic``, ..."""
         return self.training.get("mode") or ("linear-probe" if not self.tuned_units else "subtune")
 
     def unit_state(self, unit: str) -> dict[str, torch.Tensor]:
+        """The state_dict of the task's copy of ``unit``."""
         prefix = unit + "."
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def head_state(self) -> dict[str, torch.Tensor]:
+        """The head's state_dict."""
         return {"weight": self.tensors["head.weight"], "bias": self.tensors["head.bias"]}
 
     def metadata(self) -> dict:
+        """The JSON the task file stores (without the tensor hash, which :func:`save_task` adds)."""
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name,
             "backbone": self.backbone.to_json(), "fingerprint": self.fingerprint,
@@ -116,7 +136,15 @@ class Task:
 
     # -- checks ---------------------------------------------------------------------------------
     def check_backbone(self, backbone: Backbone) -> None:
-        """Refuse, in one line, a task that cannot run on ``backbone`` as it is."""
+        """Refuse, in one line, a task that cannot run on ``backbone`` as it is.
+
+        Args:
+            backbone: the backbone the task would run on.
+
+        Raises:
+            TaskFileError: another model, other frozen weights (by fingerprint), another number of
+                features, or unit tensors that do not match the backbone's.
+        """
         where = f"task '{self.name}'"
         if backbone.name != self.backbone.model_name:
             raise TaskFileError(f"{where} was trained on '{self.backbone.model_name}', not "
@@ -125,7 +153,7 @@ class Task:
             raise TaskFileError(
                 f"{where} was trained on other {backbone.name} weights (fingerprint {self.fingerprint[:8]}… "
                 f"!= {backbone.fingerprint[:8]}…); export it with the weights it was trained on "
-                f"(--weights {self.backbone.weights})")
+                f"({{param}} {self.backbone.weights[:80]})", param="weights")
         if backbone.num_features != self.num_features:
             raise TaskFileError(f"{where} expects {self.num_features} features but {backbone.name} "
                                 f"gives {backbone.num_features}; was it trained on another variant?")
@@ -146,6 +174,17 @@ class Task:
         if stray:
             raise TaskFileError(f"task file {path} holds tensors of units it does not list as tuned "
                                 f"({stray[0]}, ...); re-save it with subtune-edge")
+        for key, t in self.tensors.items():
+            counter = key.endswith(".num_batches_tracked")  # BatchNorm's step counter, an integer
+            if counter and (t.is_floating_point() or t.dtype == torch.bool or t.is_complex()):
+                raise TaskFileError(f"task file {path}: tensor {key} is {t.dtype}, expected an integer counter; "
+                                    "the file was edited, re-train or re-save it")
+            if not counter and not t.is_floating_point():
+                raise TaskFileError(f"task file {path}: tensor {key} is {t.dtype}, expected floating point "
+                                    "(weights are floats); the file was edited, re-train or re-save it")
+            if not counter and not bool(torch.isfinite(t).all()):
+                raise TaskFileError(f"task file {path}: tensor {key} holds NaN or infinite values (training "
+                                    "diverged?); re-train the task")
         w, b = self.tensors.get("head.weight"), self.tensors.get("head.bias")
         want = (self.num_classes, self.head_in_features)
         if w is None or b is None or tuple(w.shape) != want or tuple(b.shape) != (self.num_classes,):
@@ -157,36 +196,61 @@ class Task:
 
 
 def content_hash(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    """The sha256 a task file records over its tensors (names, dtypes, shapes and bytes)."""
+    return hash_tensors(tensors.items(), sort=True)
 
 
 def save_task(task: Task, path: str | os.PathLike) -> Path:
-    """Write ``task`` atomically as a safetensors file; returns the path written."""
+    """Write ``task`` atomically as a safetensors file (honouring the umask).
+
+    The task is checked as :func:`load_task` would check it first, so a file that could not be
+    loaded back (a bad name, a head of the wrong shape, NaN weights from a diverged run) is never
+    written.
+
+    Args:
+        task: the task to write.
+        path: the file; ``.safetensors`` is appended when missing.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TaskFileError: the task is not consistent, or the file cannot be written.
+    """
     validate_task_name(task.name)
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
+    task._check_consistent(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in task.tensors.items()}
     meta = task.metadata()
     meta["content_sha256"] = content_hash(tensors)
     try:
         atomic_write_bytes(path, st_save(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
     except OSError as exc:
-        raise TaskFileError(f"cannot write task file {path} ({exc.strerror}); choose a writable --task-dir") from exc
+        raise TaskFileError(f"cannot write task file {path} ({exc.strerror}); choose a writable folder") from exc
     return path
 
 
 def load_task(path: str | os.PathLike) -> Task:
-    """Read and self-check a task file (format, integrity, head shape); see :meth:`Task.check_backbone`."""
+    """Read and self-check a task file; what it needs from a backbone is checked by :meth:`Task.check_backbone`.
+
+    The file is data: its metadata is checked field by field against the format (types, the task
+    name rule, only model arguments subtune-edge writes), its tensors against their hash, the head
+    and units' tensors for shape, dtype and finiteness. Nothing in it is executed or opened.
+
+    Args:
+        path: the ``.safetensors`` task file.
+
+    Returns:
+        The task.
+
+    Raises:
+        TaskFileError: one line naming the file, the field at fault and what was expected.
+    """
     path = Path(path)
     if not path.is_file():
-        raise TaskFileError(f"task file {path} does not exist; train it with `subtune-edge tune` or fix --task-dir")
+        raise TaskFileError(f"task file {path} does not exist; train it with `subtune-edge tune` or check the path")
     data = path.read_bytes()
     try:
         tensors = st_load(data)
@@ -203,6 +267,9 @@ def load_task(path: str | os.PathLike) -> Task:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise TaskFileError(f"task file {path} has corrupt metadata ({exc}); re-train or re-copy it") from exc
+    if not isinstance(meta, dict):
+        raise TaskFileError(f"task file {path}: its metadata is {_describe(meta)}, expected a JSON object; "
+                            "re-train or re-save the task")
     if meta.get("format") != FORMAT:
         raise TaskFileError(f"{path} is not a subtune-edge task file (format {meta.get('format')!r})")
     version = meta.get("format_version")
@@ -212,23 +279,115 @@ def load_task(path: str | os.PathLike) -> Task:
     if content_hash(tensors) != meta.get("content_sha256"):
         raise TaskFileError(f"task file {path} failed its integrity check (tensor bytes were changed "
                             "after saving); re-train or re-copy it")
-    try:
-        validate_task_name(meta.get("name"))
-    except TaskFileError as exc:
-        raise TaskFileError(f"task file {path}: metadata field 'name': {exc}") from exc
-    head = meta["head"]
-    task = Task(
-        name=meta["name"], backbone=BackboneSpec.from_json(meta["backbone"]), fingerprint=meta["fingerprint"],
-        tuned_units=list(meta["tuned_units"]), num_features=int(head["num_features"]),
-        num_classes=int(head["num_classes"]), tensors=tensors, labels=list(meta.get("labels") or []),
-        preprocessing=dict(meta.get("preprocessing") or {}), siamese=bool(meta.get("siamese")),
-        training=dict(meta.get("training") or {}))
+    task = _task_from_metadata(meta, tensors, path)
     task._check_consistent(path)
     return task
 
 
+# -- the metadata schema, checked once, here --------------------------------------------------------
+_MISSING = object()
+
+
+def _describe(value) -> str:
+    if value is _MISSING or value is None:
+        return "missing" if value is _MISSING else "null"
+    kind = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    text = json.dumps(value) if not isinstance(value, (list, dict)) else ""
+    return f"{kind} {text[:40]}".rstrip()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _numbers(n: int, ok=lambda x: True):
+    return lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) and ok(x) for x in v)
+
+
+_PREPROCESSING = {  # key -> (check, what is expected); keys a timm data config has
+    "input_size": (_numbers(3, lambda x: _is_int(x) and x > 0), "[channels, height, width] (positive integers)"),
+    "mean": (_numbers(3), "a list of 3 numbers"),
+    "std": (_numbers(3, lambda x: x > 0), "a list of 3 positive numbers"),
+    "interpolation": (lambda v: isinstance(v, str), "a string such as 'bilinear'"),
+    "crop_pct": (lambda v: _is_number(v) and 0 < v <= 4, "a number in (0, 4]"),
+    "crop_mode": (lambda v: isinstance(v, str), "a string such as 'center'"),
+}
+
+
+def _task_from_metadata(meta: dict, tensors: dict[str, torch.Tensor], path: Path) -> Task:
+    """Build the :class:`Task` from checked metadata: every field read once, each failure one line."""
+    def field_(obj: dict, key: str, ok, expected: str, where: str = "", default=_MISSING):
+        value = obj.get(key, _MISSING)
+        if value is _MISSING and default is not _MISSING:
+            return default
+        if value is _MISSING or not ok(value):
+            raise TaskFileError(f"task file {path}: metadata field '{where}{key}' is {_describe(value)}, "
+                                f"expected {expected}; re-train or re-save the task")
+        return value
+
+    def is_dict(v) -> bool:
+        return isinstance(v, dict)
+
+    name = field_(meta, "name", lambda v: isinstance(v, str), "the task name (a string)")
+    try:
+        validate_task_name(name)
+    except TaskFileError as exc:
+        raise TaskFileError(f"task file {path}: metadata field 'name': {exc}") from exc
+    bb = field_(meta, "backbone", is_dict, "an object with model_name, weights and model_args")
+    model_name = field_(bb, "model_name", lambda v: isinstance(v, str) and v != "", "a timm model name",
+                        "backbone.")
+    weights = field_(bb, "weights", lambda v: isinstance(v, str) and v != "",
+                     "a weights source (timm, random, offline or a file path)", "backbone.", "timm")
+    model_args = field_(bb, "model_args", is_dict, "an object of model arguments", "backbone.", {})
+    try:
+        model_args = check_model_args(model_args)
+    except BackboneError as exc:
+        raise TaskFileError(f"task file {path}: metadata field 'backbone.model_args': {exc}") from exc
+    fingerprint = field_(meta, "fingerprint", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v),
+                         "a sha256 hex digest (64 characters)")
+    tuned_units = field_(meta, "tuned_units", lambda v: _str_list(v) and len(set(v)) == len(v),
+                         "a list of distinct unit names")
+    head = field_(meta, "head", is_dict, "an object with num_features and num_classes")
+    positive = "a positive integer"
+    num_features = field_(head, "num_features", lambda v: _is_int(v) and v > 0, positive, "head.")
+    num_classes = field_(head, "num_classes", lambda v: _is_int(v) and v > 0, positive, "head.")
+    siamese = field_(meta, "siamese", lambda v: isinstance(v, bool), "true or false", default=False)
+    in_features = num_features * (2 if siamese else 1)
+    field_(head, "in_features", lambda v: v == in_features,
+           f"{in_features} (num_features{' x 2, Siamese' if siamese else ''})", "head.", in_features)
+    labels = field_(meta, "labels", _str_list, "a list of class names (strings)", default=[])
+    preprocessing = field_(meta, "preprocessing", is_dict, "an object (a timm data config)", default={})
+    for key, (ok, expected) in _PREPROCESSING.items():
+        if key in preprocessing:
+            field_(preprocessing, key, ok, expected, "preprocessing.")
+    training = field_(meta, "training", is_dict, "an object (the training record)", default={})
+    return Task(name=name, backbone=BackboneSpec(model_name, weights, dict(model_args)), fingerprint=fingerprint,
+                tuned_units=list(tuned_units), num_features=num_features, num_classes=num_classes, tensors=tensors,
+                labels=list(labels), preprocessing=dict(preprocessing), siamese=siamese, training=dict(training))
+
+
 def resolve_task_path(spec: str, task_dir: str | os.PathLike | None = None) -> Path:
-    """A task given on the command line: a path to a file, or a name in ``task_dir``."""
+    """A task given by the user: a path to a file (it ends in ``.safetensors`` or holds a ``/``), or a name.
+
+    Args:
+        spec: the path or the task name.
+        task_dir: where names are looked up; None for the current folder.
+
+    Returns:
+        The task file's path.
+
+    Raises:
+        TaskFileError: a name that is not valid (:func:`validate_task_name`) or has no file in ``task_dir``.
+    """
     as_path = Path(spec)
     if as_path.suffix == SUFFIX or os.sep in spec:
         return as_path
@@ -237,12 +396,24 @@ def resolve_task_path(spec: str, task_dir: str | os.PathLike | None = None) -> P
     candidate = folder / f"{spec}{SUFFIX}"
     if not candidate.is_file():
         known = sorted(p.stem for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
-        hint = f"; tasks there: {', '.join(known)}" if known else "; pass --task-dir or a path to a .safetensors file"
-        raise TaskFileError(f"unknown task '{spec}': no {candidate}{hint}")
+        hint = f"; tasks there: {', '.join(known)}" if known else "; pass {param} or a path to a .safetensors file"
+        raise TaskFileError(f"unknown task '{spec}': no {candidate}{hint}", param="task_dir")
     return candidate
 
 
 def load_tasks(specs: list[str], task_dir: str | os.PathLike | None = None) -> list[Task]:
+    """Load several tasks, each a name in ``task_dir`` or a path (see :func:`resolve_task_path`).
+
+    Args:
+        specs: task names or task file paths.
+        task_dir: where names are looked up.
+
+    Returns:
+        The tasks, in ``specs`` order.
+
+    Raises:
+        TaskFileError: a task that cannot be found or loaded, or two tasks of the same name.
+    """
     tasks = [load_task(resolve_task_path(s, task_dir)) for s in specs]
     seen: dict[str, int] = {}
     for t in tasks:
@@ -256,7 +427,24 @@ def load_tasks(specs: list[str], task_dir: str | os.PathLike | None = None) -> l
 def make_task(name: str, backbone: Backbone, tuned: dict[str, torch.nn.Module], head: torch.nn.Linear, *,
               labels: list[str] | None = None, preprocessing: dict | None = None, siamese: bool = False,
               training: dict | None = None) -> Task:
-    """Package trained modules as a :class:`Task` tied to ``backbone``'s frozen weights."""
+    """Package trained modules as a :class:`Task` tied to ``backbone``'s frozen weights.
+
+    Args:
+        name: the task name (:func:`validate_task_name`).
+        backbone: the frozen backbone the modules were trained on.
+        tuned: the tuned unit copies by unit name.
+        head: the trained head.
+        labels: class names, one per output.
+        preprocessing: the timm data config; None for the backbone's.
+        siamese: the head reads tuned and frozen features side by side.
+        training: the training record.
+
+    Returns:
+        The task, with copies of the tensors on the CPU.
+
+    Raises:
+        TaskFileError: a bad name, a head of the wrong shape or non-finite weights.
+    """
     validate_task_name(name)
     order = [u for u in backbone.unit_names if u in tuned]
     tensors = {f"{u}.{k}": v.detach().cpu().clone() for u in order for k, v in tuned[u].state_dict().items()}

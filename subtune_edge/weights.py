@@ -17,7 +17,10 @@ any other string
 from __future__ import annotations
 
 import importlib
+import logging
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import timm
@@ -25,6 +28,8 @@ import torch
 from torch import nn
 
 from .errors import BackboneError, WeightsError
+
+log = logging.getLogger(__name__)
 
 RANDOM_SEED = 0
 SPECS = ("timm", "random", "offline")
@@ -45,30 +50,53 @@ _DEPTHWISE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv"
                     "_bn2": "bn2"}
 
 
+def _timm_model(model_name: str, pretrained: bool, model_args: dict) -> nn.Module:
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, **model_args)
+    except TypeError as exc:  # an argument the model's constructor does not take
+        raise BackboneError(f"'{model_name}' cannot be created with arguments {model_args} ({exc})") from exc
+
+
 def create_model(model_name: str, weights: str = "timm", **model_args) -> nn.Module:
-    """Create a timm model in eval mode with weights from ``weights`` (see module doc)."""
+    """Create a timm model in eval mode with weights from ``weights``.
+
+    Args:
+        model_name: a timm model name.
+        weights: ``timm``, ``random``, ``offline`` or the path of a state_dict file (see module doc).
+        **model_args: passed to ``timm.create_model``.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        BackboneError: an unknown model name or arguments it does not take.
+        WeightsError: the weights cannot be fetched, read or do not fit the model.
+    """
     if not timm.is_model(model_name):
         close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()`"
         raise BackboneError(f"unknown backbone '{model_name}'{hint}")
+    log.debug("creating %s with %s weights, %s", model_name, weights, model_args)
     if weights == "timm":
         try:
-            model = timm.create_model(model_name, pretrained=True, **model_args)
+            model = _timm_model(model_name, True, model_args)
+        except BackboneError:
+            raise
         except Exception as exc:  # hub errors come in many types (network, HTTP, missing file)
             raise WeightsError(
                 f"could not fetch timm hub weights for '{model_name}' ({type(exc).__name__}); "
-                "without a network use --weights offline (EfficientNet-Lite), a local file, "
-                "or --weights random") from exc
+                "without a network pass {param} offline (EfficientNet-Lite), a local file, "
+                "or random", param="weights") from exc
     elif weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
-            model = timm.create_model(model_name, pretrained=False, **model_args)
+            model = _timm_model(model_name, False, model_args)
     elif weights == "offline":
-        model = timm.create_model(model_name, pretrained=False, **model_args)
+        model = _timm_model(model_name, False, model_args)
         model.load_state_dict(offline_state_dict(model_name, model), strict=True)
     else:
-        model = timm.create_model(model_name, pretrained=False, **model_args)
         state = load_state_file(Path(weights))
+        model = _timm_model(model_name, False, model_args)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -80,23 +108,47 @@ def create_model(model_name: str, weights: str = "timm", **model_args) -> nn.Mod
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``.safetensors`` or a torch checkpoint (plain or under 'state_dict')."""
+    """Read a state_dict from ``.safetensors`` or a torch checkpoint (plain or under 'state_dict').
+
+    Torch checkpoints are read with ``weights_only=True``: a file that holds pickled Python
+    objects is refused, never unpickled, since unpickling can run any code.
+
+    Args:
+        path: the file.
+
+    Returns:
+        Tensor by key.
+
+    Raises:
+        WeightsError: the file is missing, unreadable, holds pickled objects or no state_dict.
+    """
     if not path.is_file():
         raise WeightsError(
             f"weights '{path}' is neither a file nor one of {', '.join(SPECS)}; "
-            "pass --weights timm|random|offline|PATH")
+            "pass {param} as timm, random, offline or the path of a state_dict file", param="weights")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"weights file {path} holds pickled Python objects, not only tensors; subtune-edge never unpickles "
+            "them: re-save it with torch.save(model.state_dict(), ...) or as .safetensors") from exc
     except Exception as exc:
-        raise WeightsError(f"cannot read weights file {path} ({exc}); is it corrupt or truncated?") from exc
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise WeightsError(f"cannot read weights file {path} ({detail}); is it corrupt or truncated?") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
+    odd = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise WeightsError(f"weights file {path} is not a plain state_dict (entry {str(odd)[:40]!r} is not a "
+                           "tensor); save model.state_dict() alone")
     return state
 
 

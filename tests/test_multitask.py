@@ -1,9 +1,11 @@
+import json
+
 import pytest
 import torch
 
-from subtune_edge.cost import build_fused
-from subtune_edge.errors import TaskFileError
-from subtune_edge.multitask import MultiTaskModel, TaskModel, backbone_for_tasks
+from subtune_edge.cost import NECK_POOL, PlanCost, branch_flops, branch_units, build_fused, ideal_ratio, plan_from_json
+from subtune_edge.errors import BackboneError, TaskFileError
+from subtune_edge.multitask import BranchPlan, MultiTaskModel, TaskModel, backbone_for_tasks, trunk_end
 from subtune_edge.synthetic import synthetic_task
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
@@ -87,15 +89,39 @@ def test_plan_costs_add_up(resnet):
     tasks = three_depth_tasks(resnet)
     fused = build_fused(resnet, tasks, (SIZE, SIZE))
     cost = fused.plan.cost
-    assert cost["fused"]["bytes"] < cost["separate"]["bytes"]
-    assert 0 < cost["ideal_ratio_flops"] < 1
+    assert cost.fused.bytes < cost.separate.bytes
+    assert 0 < cost.ideal_ratio_flops < 1
     # fused FLOPs = trunk + every branch (counted independently by the unit table)
-    branch_flops = sum(b["flops"] for b in cost["branches"].values())
-    assert cost["fused"]["flops"] == pytest.approx(cost["trunk"]["flops"] + branch_flops, rel=1e-6)
+    branch_flops = sum(b.flops for b in cost.branches.values())
+    assert cost.fused.flops == pytest.approx(cost.trunk.flops + branch_flops, rel=1e-6)
     # separate = one full model per task
-    one_full = sum(u["flops"] for u in cost["units"])
+    one_full = cost.total_unit_flops
     heads = sum(2 * t.head_in_features * t.num_classes for t in tasks)
-    assert cost["separate"]["flops"] == pytest.approx(3 * one_full + heads, rel=1e-6)
+    assert cost.separate.flops == pytest.approx(3 * one_full + heads, rel=1e-6)
+    # the manifest's JSON reads back to the same typed plan, and the k-task ratio agrees at k = all
+    again = plan_from_json(json.loads(json.dumps(fused.plan.to_json())))
+    assert again.cost == PlanCost.from_json(cost.to_json()) and again.to_json() == fused.plan.to_json()
+    assert ideal_ratio(again) == pytest.approx(cost.ideal_ratio_flops, rel=1e-6)
+    assert ideal_ratio(again, 1) > ideal_ratio(again)  # one task shares nothing with others
+
+
+def test_branch_and_trunk_rules(resnet):
+    names = resnet.unit_names
+    assert branch_units(names, []) == []
+    assert branch_units(names, ["layer4.1", "layer3.0"]) == names[names.index("layer3.0"):]
+    flops = {n: 1 for n in names} | {NECK_POOL: 10}
+    assert branch_flops(flops, names, ["layer4.1"]) == 1 + 10
+    with pytest.raises(BackboneError, match="'layer9.9' is not one of the backbone's units"):
+        branch_units(names, ["layer9.9"])
+    n = len(names)
+    branch = [BranchPlan("a", 3, names[3], [names[3]], False), BranchPlan("b", 5, names[5], [names[5]], False)]
+    assert trunk_end(n, branch) == 5
+    assert trunk_end(n, [*branch, BranchPlan("p", n, None, [], False)]) == n  # a linear probe reads the end
+    assert trunk_end(n, [*branch, BranchPlan("s", 2, names[2], [names[2]], True)]) == n  # so does Siamese
+    tasks = three_depth_tasks(resnet)
+    plan = MultiTaskModel(resnet, tasks).plan
+    assert plan.first_tasks(1).trunk_end == plan.branches[0].start
+    assert TaskModel.from_task(resnet, tasks[2]).start == plan.branches[2].start
 
 
 def test_tasks_of_other_backbones_or_weights_cannot_share_a_trunk(resnet):

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..backbone import create_backbone, model_args_for_input
-from ..cost import build_fused, unit_costs
-from ..multitask import backbone_for_tasks
+from ..cost import build_fused, plan_from_json, unit_costs
+from ..multitask import SharingPlan, backbone_for_tasks
 from ..task import load_tasks
 from ._options import input_size_option, split_csv, task_dir_option, weights_option
 
@@ -67,27 +67,33 @@ def plan(task_list: str, task_dir: str, weights: str | None, as_json: bool) -> N
     backbone = backbone_for_tasks(tasks, weights)
     size = tuple(tasks[0].preprocessing.get("input_size", backbone.data_config["input_size"]))[1:]
     fused = build_fused(backbone, tasks, size)
-    p = fused.plan
     if as_json:
-        click.echo(json.dumps(p.to_json(), indent=2))
+        click.echo(json.dumps(fused.plan.to_json(), indent=2))
         return
-    render_plan(p.to_json())
+    render_plan(fused.plan)
 
 
-def render_plan(plan: dict, console: Console | None = None) -> None:
+def render_plan(plan: SharingPlan | dict, console: Console | None = None) -> None:
+    """Print a plan with its cost as a table; a dict is a manifest's ``plan`` (read by :func:`plan_from_json`)."""
     console = console or Console()
-    cost = plan["cost"]
-    table = Table(title=f"sharing plan: {plan['backbone']}, trunk = stem + {plan['trunk_end']} units")
+    if isinstance(plan, dict):
+        plan = plan_from_json(plan)
+    cost = plan.cost
+    table = Table(title=f"sharing plan: {plan.backbone}, trunk = stem + {plan.trunk_end} units")
     for col in ("part", "branches at", "tuned units", "params (M)", "MB", "GFLOPs"):
         table.add_column(col, justify="left" if col in ("part", "branches at", "tuned units") else "right")
-    t = cost["trunk"]
-    table.add_row("trunk", "", "", _mb(t["params"]), _mb(t["bytes"]), f"{t['flops'] / 1e9:.3f}")
-    for name, b in cost["branches"].items():
-        tuned = ",".join(b["tuned_units"]) or "(linear probe)"
-        table.add_row(f"task {name}", b["start_unit"] or "end", tuned if len(tuned) < 40 else tuned[:37] + "...",
-                      _mb(b["params"]), _mb(b["bytes"]), f"{b['flops'] / 1e9:.3f}")
-    f, s = cost["fused"], cost["separate"]
-    table.add_row("fused total", "", "", _mb(f["params"]), _mb(f["bytes"]), f"{f['flops'] / 1e9:.3f}")
-    table.add_row("separate copies", "", "", _mb(s["params"]), _mb(s["bytes"]), f"{s['flops'] / 1e9:.3f}")
+    if cost is None:
+        console.print(table)
+        return
+    t = cost.trunk
+    table.add_row("trunk", "", "", _mb(t.params), _mb(t.bytes), f"{t.flops / 1e9:.3f}")
+    for name, b in cost.branches.items():
+        tuned = ",".join(b.tuned_units) or "(linear probe)"
+        table.add_row(f"task {name}", b.start_unit or "end", tuned if len(tuned) < 40 else tuned[:37] + "...",
+                      _mb(b.params), _mb(b.bytes), f"{b.flops / 1e9:.3f}")
+    f, s = cost.fused, cost.separate
+    table.add_row("fused total", "", "", _mb(f.params), _mb(f.bytes), f"{f.flops / 1e9:.3f}")
+    table.add_row("separate copies", "", "", _mb(s.params), _mb(s.bytes), f"{s.flops / 1e9:.3f}")
     console.print(table)
-    console.print(f"ideal ratio fused/separate: FLOPs {cost['ideal_ratio_flops']:.3f}, bytes {cost['ratio_bytes']:.3f}")
+    if cost.ideal_ratio_flops is not None and cost.ratio_bytes is not None:
+        console.print(f"ideal ratio fused/separate: FLOPs {cost.ideal_ratio_flops:.3f}, bytes {cost.ratio_bytes:.3f}")
