@@ -1,20 +1,14 @@
-"""The task file: what one SubTuned task adds to a frozen backbone, and nothing else.
+"""The task file on disk: :class:`Task`, and saving, loading and finding task files.
 
-Like a PEFT adapter, ``<name>.safetensors`` holds only trained tensors: the task's copies of its
-tuned units (names prefixed by the unit name, e.g. ``layer4.1.conv1.weight``) and its head
-(``head.weight``, ``head.bias``). The ``__metadata__`` entry ``subtune_edge`` holds JSON with
-what is needed to rebuild and check the rest: the backbone spec, the fingerprint of the frozen
-weights the task was trained on, the tuned units, the head shape, labels, preprocessing, the
-Siamese flag, the training record, and a hash of the tensor bytes (so an edited or truncated
-file is refused instead of half-loaded).
+The format is described in :mod:`subtune_edge.task`; its metadata is checked field by field in
+:mod:`subtune_edge.task.metadata`.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,54 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .backbone import Backbone, BackboneSpec, check_model_args, hash_tensors
-from .errors import BackboneError, TaskFileError
-from .io import atomic_write_bytes, jsonable
+from ..backbone import Backbone, BackboneSpec, hash_tensors
+from ..errors import TaskFileError
+from ..io import atomic_write_bytes, jsonable
+from .metadata import FORMAT, FORMAT_VERSION, METADATA_KEY, SUFFIX, TaskMetadata, describe, validate_task_name
 
-FORMAT = "subtune-edge.task"
-FORMAT_VERSION = 1
-METADATA_KEY = "subtune_edge"
-SUFFIX = ".safetensors"
-MAX_NAME_LENGTH = 128
-
-
-def validate_task_name(name: str) -> str:
-    """Refuse a task name that cannot safely be a file name and an ONNX output name.
-
-    A task name becomes ``<task_dir>/<name>.safetensors``, an output of the fused graph and a file
-    in an export, so one rule, shared by training, export and the task file itself, keeps a name
-    from escaping its folder (``../x``), naming the folder itself (``''``) or hiding (``.x``).
-
-    Args:
-        name: the task name to check.
-
-    Returns:
-        ``name`` unchanged, so that callers can write ``name = validate_task_name(name)``.
-
-    Raises:
-        TaskFileError: naming the name and the rule it breaks (``param="name"``).
-    """
-    def refuse(rule: str) -> TaskFileError:
-        shown = name if len(name) <= 60 else name[:40] + "..."
-        return TaskFileError(f"task {{param}} {shown!r} {rule}; use letters, digits, '-', '_' or '.'", param="name")
-
-    if not isinstance(name, str):
-        raise TaskFileError(f"task {{param}} must be a string, not {type(name).__name__}", param="name")
-    if not name:
-        raise refuse("is empty")
-    if "/" in name or "\\" in name:
-        raise refuse("holds a path separator")
-    if name in (".", ".."):
-        raise refuse("is a '..' or '.' path component")
-    if name.startswith("."):
-        raise refuse("starts with a dot")
-    if not name.isprintable() or any(c.isspace() and c != " " for c in name):
-        raise refuse("holds a non-printable character")
-    if name != name.strip():
-        raise refuse("starts or ends with a space")
-    if len(name) > MAX_NAME_LENGTH:
-        raise refuse(f"is {len(name)} characters long (at most {MAX_NAME_LENGTH})")
-    return name
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -268,7 +220,7 @@ def load_task(path: str | os.PathLike) -> Task:
     except json.JSONDecodeError as exc:
         raise TaskFileError(f"task file {path} has corrupt metadata ({exc}); re-train or re-copy it") from exc
     if not isinstance(meta, dict):
-        raise TaskFileError(f"task file {path}: its metadata is {_describe(meta)}, expected a JSON object; "
+        raise TaskFileError(f"task file {path}: its metadata is {describe(meta)}, expected a JSON object; "
                             "re-train or re-save the task")
     if meta.get("format") != FORMAT:
         raise TaskFileError(f"{path} is not a subtune-edge task file (format {meta.get('format')!r})")
@@ -279,100 +231,10 @@ def load_task(path: str | os.PathLike) -> Task:
     if content_hash(tensors) != meta.get("content_sha256"):
         raise TaskFileError(f"task file {path} failed its integrity check (tensor bytes were changed "
                             "after saving); re-train or re-copy it")
-    task = _task_from_metadata(meta, tensors, path)
+    task = Task(tensors=tensors, **vars(TaskMetadata.from_json(meta, path)))
     task._check_consistent(path)
+    log.debug("loaded task %s from %s", task.name, path)
     return task
-
-
-# -- the metadata schema, checked once, here --------------------------------------------------------
-_MISSING = object()
-
-
-def _describe(value) -> str:
-    if value is _MISSING or value is None:
-        return "missing" if value is _MISSING else "null"
-    kind = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-    text = json.dumps(value) if not isinstance(value, (list, dict)) else ""
-    return f"{kind} {text[:40]}".rstrip()
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _str_list(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _numbers(n: int, ok=lambda x: True):
-    return lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) and ok(x) for x in v)
-
-
-_PREPROCESSING = {  # key -> (check, what is expected); keys a timm data config has
-    "input_size": (_numbers(3, lambda x: _is_int(x) and x > 0), "[channels, height, width] (positive integers)"),
-    "mean": (_numbers(3), "a list of 3 numbers"),
-    "std": (_numbers(3, lambda x: x > 0), "a list of 3 positive numbers"),
-    "interpolation": (lambda v: isinstance(v, str), "a string such as 'bilinear'"),
-    "crop_pct": (lambda v: _is_number(v) and 0 < v <= 4, "a number in (0, 4]"),
-    "crop_mode": (lambda v: isinstance(v, str), "a string such as 'center'"),
-}
-
-
-def _task_from_metadata(meta: dict, tensors: dict[str, torch.Tensor], path: Path) -> Task:
-    """Build the :class:`Task` from checked metadata: every field read once, each failure one line."""
-    def field_(obj: dict, key: str, ok, expected: str, where: str = "", default=_MISSING):
-        value = obj.get(key, _MISSING)
-        if value is _MISSING and default is not _MISSING:
-            return default
-        if value is _MISSING or not ok(value):
-            raise TaskFileError(f"task file {path}: metadata field '{where}{key}' is {_describe(value)}, "
-                                f"expected {expected}; re-train or re-save the task")
-        return value
-
-    def is_dict(v) -> bool:
-        return isinstance(v, dict)
-
-    name = field_(meta, "name", lambda v: isinstance(v, str), "the task name (a string)")
-    try:
-        validate_task_name(name)
-    except TaskFileError as exc:
-        raise TaskFileError(f"task file {path}: metadata field 'name': {exc}") from exc
-    bb = field_(meta, "backbone", is_dict, "an object with model_name, weights and model_args")
-    model_name = field_(bb, "model_name", lambda v: isinstance(v, str) and v != "", "a timm model name",
-                        "backbone.")
-    weights = field_(bb, "weights", lambda v: isinstance(v, str) and v != "",
-                     "a weights source (timm, random, offline or a file path)", "backbone.", "timm")
-    model_args = field_(bb, "model_args", is_dict, "an object of model arguments", "backbone.", {})
-    try:
-        model_args = check_model_args(model_args)
-    except BackboneError as exc:
-        raise TaskFileError(f"task file {path}: metadata field 'backbone.model_args': {exc}") from exc
-    fingerprint = field_(meta, "fingerprint", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v),
-                         "a sha256 hex digest (64 characters)")
-    tuned_units = field_(meta, "tuned_units", lambda v: _str_list(v) and len(set(v)) == len(v),
-                         "a list of distinct unit names")
-    head = field_(meta, "head", is_dict, "an object with num_features and num_classes")
-    positive = "a positive integer"
-    num_features = field_(head, "num_features", lambda v: _is_int(v) and v > 0, positive, "head.")
-    num_classes = field_(head, "num_classes", lambda v: _is_int(v) and v > 0, positive, "head.")
-    siamese = field_(meta, "siamese", lambda v: isinstance(v, bool), "true or false", default=False)
-    in_features = num_features * (2 if siamese else 1)
-    field_(head, "in_features", lambda v: v == in_features,
-           f"{in_features} (num_features{' x 2, Siamese' if siamese else ''})", "head.", in_features)
-    labels = field_(meta, "labels", _str_list, "a list of class names (strings)", default=[])
-    preprocessing = field_(meta, "preprocessing", is_dict, "an object (a timm data config)", default={})
-    for key, (ok, expected) in _PREPROCESSING.items():
-        if key in preprocessing:
-            field_(preprocessing, key, ok, expected, "preprocessing.")
-    training = field_(meta, "training", is_dict, "an object (the training record)", default={})
-    return Task(name=name, backbone=BackboneSpec(model_name, weights, dict(model_args)), fingerprint=fingerprint,
-                tuned_units=list(tuned_units), num_features=num_features, num_classes=num_classes, tensors=tensors,
-                labels=list(labels), preprocessing=dict(preprocessing), siamese=siamese, training=dict(training))
 
 
 def resolve_task_path(spec: str, task_dir: str | os.PathLike | None = None) -> Path:
