@@ -1,7 +1,7 @@
 """Training step time and peak GPU memory: full finetuning vs SubTuning(layer4), with and without the
 prefix cache, on a 224x224 ResNet-50 at batch 64 with mixed precision and channels_last.
 
-Every variant runs :class:`subtune_edge.training.TrainStep`, the step the trainer itself runs:
+Every variant runs :class:`subtune_edge.train.TrainStep`, the step the trainer itself runs:
 
 full            every unit and a new head are trained (the stem stays frozen, as in subtune-edge's
                 full-finetune mode; a full finetune that also trains the 7x7 stem only costs more)
@@ -32,7 +32,7 @@ import torch
 
 from subtune_edge.backbone import create_backbone
 from subtune_edge.multitask import TaskModel
-from subtune_edge.training import TrainConfig, TrainStep, amp_dtype, device_name
+from subtune_edge.train import TrainConfig, TrainStep, amp_dtype, device_name
 
 ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 

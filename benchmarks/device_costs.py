@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from subtune_edge.backbone import create_backbone, model_args_for_input
-from subtune_edge.budget import COSTS_FORMAT as FORMAT
-from subtune_edge.budget import read_cost_table
+from subtune_edge.search.latency import COSTS_FORMAT as FORMAT
+from subtune_edge.search.latency import read_cost_table
 from subtune_edge.cost import unit_costs
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.runners import make_runner, require

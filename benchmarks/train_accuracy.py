@@ -5,7 +5,7 @@ The setting is the one 2 CPU cores can run in about 15 minutes: the ImageNet-pre
 ``tf_efficientnet_lite0`` (``--weights offline``, no network) on scikit-learn's real 8x8 digits
 (10 classes, upscaled to 64 px), 5 epochs (more for small sets, so that every run takes at least 60
 optimisation steps), 3 seeds. Every run goes through the library
-(:mod:`subtune_edge.selection` over a :class:`~subtune_edge.executor.LocalExecutor`, run logs in
+(:mod:`subtune_edge.search` over a :class:`~subtune_edge.search.LocalExecutor`, run logs in
 ``--work``, so an interrupted benchmark resumes).
 
 Methods (the held-out validation split, 359 images, is the same for every sample size):
@@ -38,9 +38,9 @@ import torch
 
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
-from subtune_edge.executor import LocalExecutor, RunLog
-from subtune_edge.selection import Evaluator, GreedyConfig, SearchSetup, greedy_select
-from subtune_edge.training import TrainConfig, device_name, get_backbone, get_data
+from subtune_edge.search import LocalExecutor, RunLog
+from subtune_edge.search import Evaluator, GreedyConfig, SearchSetup, greedy_select
+from subtune_edge.train import TrainConfig, device_name, get_backbone, get_data
 
 from .cuda_train_step import prepare, summary
 from .environment import describe

@@ -14,7 +14,7 @@ import argparse
 from subtune_edge import create_backbone, save_task
 from subtune_edge.backbone import model_args_for_input
 from subtune_edge.data import DataSpec, load_data
-from subtune_edge.training import TrainConfig, train
+from subtune_edge.train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -4,7 +4,7 @@ The public API; everything else is an implementation detail that may move.
 """
 
 from .backbone import FAMILIES, Backbone, BackboneSpec, create_backbone, load_backbone, split_model
-from .budget import LatencyTable
+from .search.latency import LatencyTable
 from .cost import build_fused, plan_cost, unit_costs
 from .data import DataSpec, TaskData, from_arrays, image_folder, load_data
 from .errors import (
@@ -16,11 +16,11 @@ from .errors import (
     TaskFileError,
     WeightsError,
 )
-from .executor import LocalExecutor, ProcessExecutor, RunLog, make_executor
+from .search import LocalExecutor, ProcessExecutor, RunLog, make_executor
 from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel, backbone_for_tasks
-from .ray_executor import RayExecutor
+from .search import RayExecutor
 from .runtime import ExportedModel, load_export
-from .selection import (
+from .search import (
     GreedyConfig,
     GreedyResult,
     Profile,
@@ -31,7 +31,7 @@ from .selection import (
 )
 from .synthetic import synthetic_task
 from .task import Task, load_task, load_tasks, make_task, save_task
-from .training import RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train
+from .train import RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train
 
 __all__ = [
     "FAMILIES", "Backbone", "BackboneSpec", "create_backbone", "load_backbone", "split_model",

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from .backbone import BackboneSpec, model_args_for_input
 from .data import DataSpec
-from .executor import RunLog, make_executor
+from .search import RunLog, make_executor
 from .io import atomic_write_bytes
-from .selection import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile
+from .search import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile
 from .task import save_task
-from .training import TrainConfig, get_backbone, get_data, train
+from .train import TrainConfig, get_backbone, get_data, train
 
 # event name, details; events: "step" (title), "run" (a training run finished), "epoch", "bench" (label, done, total)
 OnEvent = Callable[[str, dict], None]
@@ -90,27 +90,27 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), on_event: OnEvent 
     for i, name in enumerate(cfg.tasks):
         setup = _setup(cfg, TASKS[name])
         log = RunLog(out / "tasks" / f"{name}.runs.json", setup.context())
-        on_run, on_epoch = _forward_events(emit, name)
+        forward = _forward_events(emit, name)
         t0 = time.perf_counter()
         lp = ft = None
         if i == 0:
             emit("step", {"title": f"finetuning profile of '{name}' (each candidate unit alone, linear probe, "
                                    f"{'full finetuning' if cfg.full_finetune_reference else ''})"})
             prof = finetuning_profile(setup, (1,), list(cfg.candidates), executor=executor, log=log,
-                                      on_run=on_run, on_epoch=on_epoch) if cfg.full_finetune_reference else None
+                                      progress=forward) if cfg.full_finetune_reference else None
             if prof is not None:
                 profile_path = plot_profile(prof, out / "profile" / "profile.png")
                 atomic_write_bytes(out / "profile" / "profile.json", json.dumps(prof.to_json(), indent=2).encode())
                 lp, ft = prof.linear_probe["mean"], prof.full_finetune["mean"]
         emit("step", {"title": f"greedy selection for '{name}' over {', '.join(cfg.candidates)}"})
         greedy = greedy_select(setup, GreedyConfig("forward", cfg.epsilon, cfg.max_units, candidates=cfg.candidates),
-                               executor=executor, log=log, on_run=on_run, on_epoch=on_epoch)
+                               executor=executor, log=log, progress=forward)
         if lp is None:
             lp = _linear_probe_score(greedy)
         emit("step", {"title": f"training '{name}' on {', '.join(greedy.units) or '(linear probe)'}"})
         backbone = get_backbone(setup.backbone)
         data = get_data(setup.data, backbone.data_config)
-        result = train(backbone, data, greedy.units, setup.config, name=name, callback=on_epoch)
+        result = train(backbone, data, greedy.units, setup.config, name=name, progress=forward)
         path = save_task(result.task, out / "tasks" / name)
         tasks.append(DemoTask(name, greedy.units, result.accuracy, lp, ft, str(path),
                               {"direction": greedy.direction, "accuracy": greedy.accuracy,
@@ -147,13 +147,15 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), on_event: OnEvent 
 
 
 def _forward_events(emit: OnEvent, task: str):
-    def on_run(spec, result: dict, reused: bool) -> None:
-        emit("run", {"task": task, **result, "reused": reused})
+    def forward(event) -> None:
+        info = dict(event.data)
+        kind = info.pop("event", None)
+        if event.stage == "search" and kind == "run":
+            emit("run", {"task": task, **info["result"], "reused": info["reused"]})
+        elif event.stage == "train":
+            emit("epoch", {"task": task, "event": kind, **info})
 
-    def on_epoch(event: str, info: dict) -> None:
-        emit("epoch", {"task": task, "event": event, **info})
-
-    return on_run, on_epoch
+    return forward
 
 
 def _linear_probe_score(greedy) -> float | None:

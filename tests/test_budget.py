@@ -1,11 +1,11 @@
 import pytest
 
 from subtune_edge.backbone import BackboneSpec
-from subtune_edge.budget import LatencyTable, front_report, pareto_front, plot_front
 from subtune_edge.data import DataSpec
 from subtune_edge.errors import SubtuneError
-from subtune_edge.selection import GreedyConfig, SearchSetup, greedy_select
-from subtune_edge.training import TrainConfig
+from subtune_edge.search import GreedyConfig, SearchSetup, greedy_select
+from subtune_edge.search.latency import LatencyTable, front_report, pareto_front, plot_front
+from subtune_edge.train import TrainConfig
 
 UNITS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]
 # a made-up device: a branch costs more the earlier it starts

@@ -30,7 +30,7 @@ def test_cost_table_is_complete_and_flops_are_monotone(costs):
 
 
 def test_latency_of_a_set_is_the_branch_at_its_first_unit(costs):
-    from subtune_edge.budget import LatencyTable
+    from subtune_edge.search.latency import LatencyTable
 
     table = LatencyTable.from_json(costs)
     tail = [max(r["added_ms"], 0) for r in costs["units"] if r["index"] >= 2]

@@ -16,10 +16,10 @@ import torch.multiprocessing as tmp_mp
 
 from subtune_edge.backbone import BackboneSpec, model_args_for_input
 from subtune_edge.data import DataSpec
-from subtune_edge.distributed import DDPStep, DistContext, global_batches, shard, train_distributed
 from subtune_edge.errors import SubtuneError
 from subtune_edge.task import load_task
-from subtune_edge.training import TrainConfig, get_backbone, get_data, split_batches, train
+from subtune_edge.train import TrainConfig, get_backbone, get_data, split_batches, train
+from subtune_edge.train.ddp import DDPWorld, DistContext, global_batches, shard
 
 MODEL = "vit_tiny_patch16_224"   # LayerNorm only: per-process slices give exactly the global batch's gradient
 SIZE = (32, 32)
@@ -49,15 +49,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         backbone = get_backbone(_spec())
         data = get_data(_data_spec(), backbone.data_config)
         ctx = DistContext(rank, world, rank, "gloo")
-        result = train_distributed(backbone, data, UNITS, CONFIG, ctx=ctx, name="ddp")
+        result = train(backbone, data, UNITS, CONFIG, name="ddp", world=DDPWorld(ctx))
         # what DDP wraps: the trainable part only
-        probe = DDPStep(result.model, CONFIG.resolve(backbone, UNITS), 1, ctx, False)
-        wrapped = {id(p) for p in probe.ddp.parameters()}
+        wrapped = {id(p) for p in DDPWorld(ctx, False).wrap_branch(result.model).parameters()}
         trainable = {id(p) for m in result.model.trainable_modules().values() for p in m.parameters()}
         step_info = {"wrapped_equals_trainable": wrapped == trainable,
                      "frozen_in_eval": not any(u.training for i, u in enumerate(result.model.units)
                                                if result.model.unit_names[i] not in UNITS)}
-        torch.save({"tensors": result.task.tensors, "record": json.dumps(result.record), "info": step_info},
+        torch.save({"tensors": result.task.tensors, "record": json.dumps(result.record.to_json()), "info": step_info},
                    Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -80,9 +79,9 @@ def test_two_process_ddp_trains_the_same_weights_as_one_process(tmp_path):
         torch.testing.assert_close(ranks[1]["tensors"][k], ranks[0]["tensors"][k], atol=0, rtol=0)
     rec = json.loads(ranks[0]["record"])
     assert rec["distributed"]["world_size"] == 2 and rec["distributed"]["global_batch"] == 16
-    assert rec["val_accuracy"] == pytest.approx(single.record["val_accuracy"], abs=1 / 40 + 1e-9)
+    assert rec["val_accuracy"] == pytest.approx(single.record.val_accuracy, abs=1 / 40 + 1e-9)
     assert [h["train_loss"] for h in rec["history"]] == pytest.approx(
-        [h["train_loss"] for h in single.record["history"]], rel=1e-4)
+        [h["train_loss"] for h in single.record.history], rel=1e-4)
     assert ranks[0]["info"] == {"wrapped_equals_trainable": True, "frozen_in_eval": True}
 
 
@@ -104,9 +103,9 @@ def test_refusals():
     backbone = get_backbone(_spec())
     data = get_data(_data_spec(), backbone.data_config)
     with pytest.raises(SubtuneError, match="fewer than 2 samples per process"):
-        train_distributed(backbone, data, UNITS, TrainConfig(batch_size=2, device="cpu"), ctx=DistContext(0, 2))
+        train(backbone, data, UNITS, TrainConfig(batch_size=2, device="cpu"), world=DDPWorld(DistContext(0, 2)))
     with pytest.raises(SubtuneError, match="CUDA only"):
-        train_distributed(backbone, data, UNITS, CONFIG, ctx=DistContext(0, 2), sync_bn=True)
+        train(backbone, data, UNITS, CONFIG, world=DDPWorld(DistContext(0, 2), sync_bn=True))
 
 
 @pytest.mark.slow

@@ -14,10 +14,17 @@ import pytest
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
 from subtune_edge.errors import RuntimeMissingError, SubtuneError
-from subtune_edge.executor import LocalExecutor, RunLog, make_executor
-from subtune_edge.ray_executor import RayExecutor, parse_address
-from subtune_edge.selection import SearchSetup, finetuning_profile
-from subtune_edge.training import TrainConfig, execute_run
+from subtune_edge.search import (
+    Evaluator,
+    LocalExecutor,
+    RayExecutor,
+    RunLog,
+    SearchSetup,
+    finetuning_profile,
+    make_executor,
+    parse_address,
+)
+from subtune_edge.train import TrainConfig, execute_run
 
 try:
     import ray
@@ -68,7 +75,7 @@ def test_profile_on_ray_matches_the_local_executor(ray_instance, tmp_path):
     log = RunLog(tmp_path / "ray.json", setup.context())
     arrived = []
     remote = finetuning_profile(setup, (1,), UNITS, executor=executor, log=log,
-                                on_run=lambda spec, r, reused: arrived.append(r["key"]))
+                                progress=lambda e: e.stage == "search" and arrived.append(e.data["key"]))
     executor.close()  # did not start Ray: leaves it running
     assert ray.is_initialized()
     # 3 units + linear probe + full finetuning, 2 seeds each
@@ -91,8 +98,6 @@ def test_killed_worker_is_retried_and_logged_once(ray_instance, tmp_path):
     fn = functools.partial(killing_run, marker_dir=str(marker), victim=victim)
     path = tmp_path / "runs.json"
     executor = RayExecutor(max_retries=2)
-    from subtune_edge.selection import Evaluator
-
     ev = Evaluator(setup, executor, RunLog(path, setup.context()))
     ev.fn = fn
     sets = [(u,) for u in UNITS] + [()]
@@ -161,9 +166,11 @@ def test_profile_command_on_ray_resumes_from_its_log(ray_instance, tmp_path):
             "--units", "layer4.1", "--out", str(tmp_path), "--no-progress", "--executor", "ray"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    assert "(3 runs, 0 from the log)" in first.output.replace("\n", " ")
+    written = json.loads((tmp_path / "profile.json").read_text())  # JSON, not text rich wraps at the width
+    assert (written["new_runs"], written["reused_runs"]) == (3, 0)
     assert len(json.loads((tmp_path / "runs.json").read_text())["runs"]) == 3
     again = CliRunner().invoke(main, args + ["--workers", "1"])
     assert again.exit_code == 0, again.output
-    assert "(0 runs, 3 from the log)" in again.output.replace("\n", " ")
+    written = json.loads((tmp_path / "profile.json").read_text())
+    assert (written["new_runs"], written["reused_runs"]) == (0, 3)
     assert ray.is_initialized()  # the command joined the test's Ray instance and left it running

@@ -5,16 +5,18 @@ import pytest
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
 from subtune_edge.errors import SubtuneError
-from subtune_edge.executor import LocalExecutor, ProcessExecutor, RunLog
-from subtune_edge.selection import (
+from subtune_edge.search import (
     GreedyConfig,
+    LocalExecutor,
+    ProcessExecutor,
+    RunLog,
     SearchSetup,
     finetuning_profile,
     greedy_select,
     plot_profile,
     profile_sets,
 )
-from subtune_edge.training import RunSpec, TrainConfig, execute_run
+from subtune_edge.train import RunSpec, TrainConfig, execute_run
 
 SIZE = 32
 LAST = ("layer4.0", "layer4.1")
@@ -31,7 +33,7 @@ def test_greedy_forward_picks_a_set_and_logs_every_run(tmp_path):
     log = RunLog(tmp_path / "runs.json", _setup().context())
     rounds = []
     result = greedy_select(_setup(), GreedyConfig(candidates=LAST, max_units=1, epsilon=0.0), log=log,
-                           on_round=rounds.append)
+                           progress=lambda e: e.data.get("event") == "round" and rounds.append(e.data))
     assert result.direction == "forward" and len(result.units) <= 1
     assert result.new_runs == 3 and result.reused_runs == 0  # {} then {layer4.0}, {layer4.1}
     saved = json.loads((tmp_path / "runs.json").read_text())
@@ -60,7 +62,8 @@ def test_resumed_search_does_not_redo_finished_runs(tmp_path):
     path.write_text(json.dumps(partial))
     ran = []
     resumed = greedy_select(setup, greedy, log=RunLog(path, setup.context()),
-                            on_run=lambda spec, r, reused: ran.append((spec.key, reused)))
+                            progress=lambda e: e.data.get("event") == "run" and ran.append((e.data["key"],
+                                                                                           e.data["reused"])))
     assert resumed.new_runs == 1 and resumed.reused_runs == 2
     assert [k for k, reused in ran if not reused] == [lost]
     assert resumed.units == first.units
@@ -110,7 +113,7 @@ def test_profile_windows_references_and_plot(tmp_path):
     setup = _setup(seeds=(0, 1))
     runs = []
     prof = finetuning_profile(setup, (1, 2), ["layer3.1", *LAST], log=RunLog(tmp_path / "runs.json"),
-                              on_run=lambda *a: runs.append(a))
+                              progress=lambda e: e.stage == "search" and runs.append(e.data))
     assert [(e["window"], e["units"]) for e in prof.entries] == [
         (1, ["layer3.1"]), (1, ["layer4.0"]), (1, ["layer4.1"]), (2, ["layer3.1", "layer4.0"]), (2, list(LAST))]
     assert all(e["runs"] == 2 and e["std"] >= 0 and e["min"] <= e["mean"] <= e["max"] for e in prof.entries)

@@ -9,7 +9,7 @@ from subtune_edge.data import DataSpec, load_data
 from subtune_edge.errors import SubtuneError
 from subtune_edge.multitask import MultiTaskModel, TaskModel
 from subtune_edge.task import load_task, save_task
-from subtune_edge.training import PrefixCache, TrainConfig, TrainStep, cosine_with_warmup, split_batches, train
+from subtune_edge.train import PrefixCache, TrainConfig, TrainStep, cosine_with_warmup, split_batches, train
 
 from .helpers import backbone_for
 
@@ -51,7 +51,7 @@ def test_subtuning_changes_only_the_chosen_units_and_the_head(name, units):
             assert any(not torch.equal(state[k], pretrained[k]) for k in bn_stats), "tuned BN stats move"
         else:
             assert all(same), f"frozen unit {unit} changed"
-    assert result.record["mode"] == "subtune" and len(result.record["history"]) == 1
+    assert result.record.mode == "subtune" and len(result.record.history) == 1
 
 
 def test_frozen_units_stay_in_eval_and_only_the_branch_gets_gradients(resnet):
@@ -71,28 +71,28 @@ def test_prefix_cache_gives_the_same_training_and_is_shared_between_runs(resnet)
     cache = PrefixCache()
     cfg = TrainConfig(epochs=2, batch_size=16, augment=False, cache_whole_set=100)
     cached = train(resnet, data, ["layer4.1"], cfg, cache=cache)
-    info = cached.record["prefix_cache"]
+    info = cached.record.prefix_cache
     assert info["train"] and info["val"] and info["val_reason"] == "computed for all 1797 images"
     assert info["train_reason"] == "reused" and len(cache) == 1  # one pass over all digits serves both splits
     train(resnet, data, ["layer4.0", "layer4.1"], cfg, cache=cache)
     assert len(cache) == 2  # another branch point
     other_task = _data(resnet, target="digit", n=60, size=16)  # same images, other targets and sample size
     reused = train(resnet, other_task, ["layer4.1"], replace(cfg, epochs=1), cache=cache)
-    assert reused.record["prefix_cache"]["train_reason"] == "reused" and len(cache) == 2
+    assert reused.record.prefix_cache["train_reason"] == "reused" and len(cache) == 2
     # by default a split much smaller than its dataset caches only itself
     fresh = PrefixCache()
     small = train(resnet, data, ["layer4.1"], TrainConfig(epochs=1, batch_size=16, augment=False), cache=fresh)
-    assert small.record["prefix_cache"]["val_reason"] == "computed" and len(fresh) == 2
+    assert small.record.prefix_cache["val_reason"] == "computed" and len(fresh) == 2
     # ... and uses the whole set's once it is there
     again = train(resnet, data, ["layer4.1"], TrainConfig(epochs=1, batch_size=16, augment=False), cache=cache)
-    assert again.record["prefix_cache"]["val_reason"] == "reused" and len(cache) == 2
+    assert again.record.prefix_cache["val_reason"] == "reused" and len(cache) == 2
     plain = train(resnet, data, ["layer4.1"], TrainConfig(epochs=2, batch_size=16, augment=False,
                                                           prefix_cache=False))
-    assert not plain.record["prefix_cache"]["train"]
+    assert not plain.record.prefix_cache["train"]
     assert plain.accuracy == pytest.approx(cached.accuracy, abs=0.03)
     torch.testing.assert_close(plain.model.head.weight, cached.model.head.weight, atol=1e-4, rtol=1e-3)
     augmented = train(resnet, data, ["layer4.1"], TrainConfig(epochs=1, batch_size=16, augment=True), cache=cache)
-    assert not augmented.record["prefix_cache"]["train"] and augmented.record["prefix_cache"]["val"]
+    assert not augmented.record.prefix_cache["train"] and augmented.record.prefix_cache["val"]
 
 
 def test_seeded_runs_repeat_and_other_seeds_differ(resnet):
@@ -125,11 +125,11 @@ def test_linear_probe_full_finetune_and_record(resnet):
     probe = train(resnet, data, [], TrainConfig(epochs=2, batch_size=16))
     assert probe.task.tuned_units == [] and set(probe.task.tensors) == {"head.weight", "head.bias"}
     r = probe.record
-    assert r["mode"] == "linear-probe" and len(r["history"]) == 2 and r["samples"] == 40
-    assert 0 <= r["val_accuracy"] <= r["best_val_accuracy"] <= 1
+    assert r.mode == "linear-probe" and len(r.history) == 2 and r.samples == 40
+    assert 0 <= r.val_accuracy <= r.best_val_accuracy <= 1
     assert probe.task.labels == ["<5", ">=5"] and probe.task.preprocessing["input_size"] == (3, SIZE, SIZE)
     full = train(resnet, data, resnet.unit_names, TrainConfig(epochs=1, batch_size=16))
-    assert full.record["mode"] == "full-finetune" and full.task.tuned_units == resnet.unit_names
+    assert full.record.mode == "full-finetune" and full.task.tuned_units == resnet.unit_names
     with pytest.raises(SubtuneError, match="Siamese SubTuning needs at least one tuned unit"):
         train(resnet, data, [], siamese=True)
     with pytest.raises(SubtuneError, match="has no unit 'layer9.0'"):
@@ -145,7 +145,7 @@ def test_siamese_and_linear_probe_tasks_export_through_the_fused_module(tmp_path
     trained = [train(backbone, data, [last], cfg, siamese=True, name="siam"),
                train(backbone, data, [], cfg, name="probe"),
                train(backbone, _data(backbone, "digit", n=30), [backbone.unit_names[-2]], cfg, name="digit")]
-    assert trained[0].record["mode"] == "siamese" and trained[0].task.siamese
+    assert trained[0].record.mode == "siamese" and trained[0].task.siamese
     assert trained[0].task.head_in_features == 2 * backbone.num_features
     tasks = [load_task(save_task(r.task, tmp_path / r.task.name)) for r in trained]
     fused = MultiTaskModel(backbone, tasks)

@@ -1,8 +1,21 @@
-"""Options shared by several commands, so they read the same everywhere."""
+"""Options shared by several commands, so they read the same everywhere.
+
+:func:`training_options` is the one option set of a training run: ``tune``, ``profile`` and the
+torchrun entry point (``python -m subtune_edge.distributed``) all take it, and
+:func:`training_specs` turns its values into the library's specs, so the commands cannot drift.
+"""
 
 from __future__ import annotations
 
+import math
+
 import click
+
+from ..backbone import BackboneSpec, model_args_for_input
+from ..data import DataSpec
+from ..errors import SubtuneError
+from ..task import validate_task_name
+from ..train.config import TrainConfig
 
 weights_option = click.option(
     "--weights", default=None, metavar="timm|random|offline|PATH",
@@ -14,6 +27,7 @@ task_dir_option = click.option("--task-dir", type=click.Path(file_okay=False), d
 
 
 def split_csv(value: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']."""
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
@@ -34,3 +48,83 @@ def parse_input_size(ctx: click.Context, param: click.Parameter, value: str | No
 
 input_size_option = click.option("--input-size", callback=parse_input_size, default=None, metavar="H,W",
                                  help="Input resolution; default: the model's pretrained config.")
+
+
+def _positive_finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive, finite number (for example 1e-3)")
+    return value
+
+
+def _non_negative_finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value} is not a finite number of at least 0 (for example 1e-2)")
+    return value
+
+
+def _task_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The shared task-name rule (:func:`~subtune_edge.task.validate_task_name`), at parse time."""
+    if value is None:
+        return None
+    try:
+        return validate_task_name(value)
+    except SubtuneError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def task_name_option(help: str):
+    """``--name``, refused at parse time unless it can safely be a file name (no ``..``, no ``/``)."""
+    return click.option("--name", required=True, callback=_task_name, help=help)
+
+
+TRAINING_OPTIONS = [
+    click.option("--data", "data_source", required=True, metavar="PATH|digits:TARGET",
+                 help="Image folder (root/train/<class>, root/val/<class>, or root/<class>) or the bundled "
+                      "digits: digits:digit, digits:parity, digits:ge5. Under torchrun every process reads it."),
+    weights_option,
+    input_size_option,
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=2), default=None,
+                 help="Default: 256 on CUDA (paper), 32 on CPU. Under torchrun: the global batch, split over "
+                      "the processes."),
+    click.option("--lr", type=float, default=None, callback=_positive_finite,
+                 help="Default: 1e-2 linear probe, 1e-3 CNN, 1e-4 ViT (paper)."),
+    click.option("--weight-decay", type=float, default=None, callback=_non_negative_finite,
+                 help="Default: 1e-2 CNN, 5e-5 ViT."),
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True),
+    click.option("--augment/--no-augment", default=None,
+                 help="RandomResizedCrop + flip. Default: on for image folders, off for digits."),
+    click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
+                 help="Compute the frozen prefix once when inputs are deterministic (no augmentation)."),
+    click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
+                 help="Under torchrun, cuda means the GPU of each process's LOCAL_RANK."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+                 show_default=True, help="Held out for validation when the data has no val/ folder."),
+    click.option("--train-samples", type=click.IntRange(min=2), default=None,
+                 help="Train on a stratified subset of this many samples."),
+    click.option("--val-samples", type=click.IntRange(min=2), default=None,
+                 help="Validate on a stratified subset of this many samples (quicker searches)."),
+]
+
+
+def training_options(f):
+    """Add :data:`TRAINING_OPTIONS` to a command; :func:`training_specs` reads their values."""
+    for option in reversed(TRAINING_OPTIONS):
+        f = option(f)
+    return f
+
+
+def training_specs(model: str, *, data_source: str, weights: str | None, input_size: tuple[int, int] | None,
+                   epochs: int, batch_size: int | None, lr: float | None, weight_decay: float | None,
+                   label_smoothing: float, augment: bool | None, prefix_cache: bool, device: str, seed: int,
+                   val_fraction: float, train_samples: int | None, val_samples: int | None
+                   ) -> tuple[BackboneSpec, DataSpec, TrainConfig]:
+    """The backbone, data and training config the :func:`training_options` describe."""
+    spec = BackboneSpec(model, weights or "timm", model_args_for_input(model, input_size))
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         label_smoothing=label_smoothing, augment=augment, prefix_cache=prefix_cache,
+                         device=device, seed=seed)
+    data = DataSpec(data_source, tuple(input_size) if input_size else None, val_fraction, 0, train_samples,
+                    val_samples=val_samples)
+    return spec, data, config

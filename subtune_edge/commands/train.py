@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,14 +15,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..backbone import BackboneSpec, model_args_for_input
-from ..budget import LatencyTable
-from ..data import DataSpec
-from ..executor import RunLog, make_executor
-from ..selection import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile, profile_sets
+from ..errors import SubtuneError
+from ..io import atomic_write_bytes, check_replaceable, staged_dir
+from ..progress import Event
+from ..search.evaluator import SearchSetup
+from ..search.factory import check_executor_kind, make_executor
+from ..search.greedy import GreedyConfig, SetCost, greedy_select
+from ..search.latency import LatencyTable, front_report, plot_front
+from ..search.profile import finetuning_profile, plot_profile, profile_sets
+from ..search.runlog import LOG_FORMAT, RunLog
 from ..task import save_task
-from ..training import TrainConfig, get_backbone, get_data, train
-from ._options import input_size_option, split_csv, task_dir_option, weights_option
+from ..train.loop import train
+from ..train.runs import get_backbone, get_data
+from ._options import split_csv, task_dir_option, task_name_option, training_options, training_specs
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -41,71 +49,63 @@ def parse_count(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def _check_executor(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse an unknown executor, or Ray where it is not installed, before any model or data is loaded."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.startswith("ray"):
-        from ..ray_executor import parse_address, require_ray
+    try:
+        return check_executor_kind(value)
+    except SubtuneError as exc:
+        if exc.param == "executor_kind":
+            raise click.BadParameter(f"'{value.strip()}' is not one of local, process, ray, ray:ADDRESS") from None
+        raise
 
-        parse_address(value)
-        require_ray()
-    elif value not in ("local", "process"):
-        raise click.BadParameter(f"'{value}' is not one of local, process, ray, ray:ADDRESS")
-    return value
+
+_SEARCH_OPTIONS = [
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Parallel training runs of a search (one process each; on CUDA spread over the GPUs). "
+                      "With --executor ray: at most this many runs in flight.  [default: 1; ray: as many "
+                      "as the cluster fits]"),
+    click.option("--executor", "executor_kind", default=None, callback=_check_executor,
+                 metavar="local|process|ray[:ADDRESS]",
+                 help="Where the runs of a search (profile, --blocks auto) go: this process, local "
+                      "processes (the default with --workers > 1), or a Ray cluster (ray: RAY_ADDRESS or a "
+                      "local Ray instance; ray:auto, ray:HOST:PORT, ray:ray://HOST:10001). Ray needs "
+                      "pip install 'subtune-edge[dist]'."),
+    click.option("--progress/--no-progress", default=True, show_default=True),
+]
 
 
 def _training_options(f):
-    options = [
-        click.option("--data", "data_source", required=True, metavar="PATH|digits:TARGET",
-                     help="Image folder (root/train/<class>, root/val/<class>, or root/<class>) or the bundled "
-                          "digits: digits:digit, digits:parity, digits:ge5."),
-        weights_option,
-        input_size_option,
-        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=2), default=None,
-                     help="Default: 256 on CUDA (paper), 32 on CPU."),
-        click.option("--lr", type=float, default=None,
-                     help="Default: 1e-2 linear probe, 1e-3 CNN, 1e-4 ViT (paper)."),
-        click.option("--weight-decay", type=float, default=None, help="Default: 1e-2 CNN, 5e-5 ViT."),
-        click.option("--label-smoothing", type=click.FloatRange(0, 1), default=0.0, show_default=True),
-        click.option("--augment/--no-augment", default=None,
-                     help="RandomResizedCrop + flip. Default: on for image folders, off for digits."),
-        click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
-                     help="Compute the frozen prefix once when inputs are deterministic (no augmentation)."),
-        click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-                     show_default=True, help="Held out for validation when the data has no val/ folder."),
-        click.option("--train-samples", type=click.IntRange(min=2), default=None,
-                     help="Train on a stratified subset of this many samples."),
-        click.option("--val-samples", type=click.IntRange(min=2), default=None,
-                     help="Validate on a stratified subset of this many samples (quicker searches)."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Parallel training runs of a search (one process each; on CUDA spread over the GPUs). "
-                          "With --executor ray: at most this many runs in flight.  [default: 1; ray: as many "
-                          "as the cluster fits]"),
-        click.option("--executor", "executor_kind", default=None, callback=_check_executor,
-                     metavar="local|process|ray[:ADDRESS]",
-                     help="Where the runs of a search (profile, --blocks auto) go: this process, local "
-                          "processes (the default with --workers > 1), or a Ray cluster (ray: RAY_ADDRESS or a "
-                          "local Ray instance; ray:auto, ray:HOST:PORT, ray:ray://HOST:10001). Ray needs "
-                          "pip install 'subtune-edge[dist]'."),
-        click.option("--progress/--no-progress", default=True, show_default=True),
-    ]
-    for option in reversed(options):
+    """The shared training options, then where a search's runs go."""
+    for option in reversed(_SEARCH_OPTIONS):
         f = option(f)
-    return f
+    return training_options(f)
 
 
-def _setup(model, data_source, weights, input_size, epochs, batch_size, lr, weight_decay, label_smoothing, augment,
-           prefix_cache, device, seed, val_fraction, train_samples, val_samples, siamese=False, seeds=(0,), folds=0):
-    spec = BackboneSpec(model, weights or "timm", model_args_for_input(model, input_size))
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         label_smoothing=label_smoothing, augment=augment, prefix_cache=prefix_cache,
-                         device=device, seed=seed)
-    data = DataSpec(data_source, tuple(input_size) if input_size else None, val_fraction, 0, train_samples,
-                    val_samples=val_samples)
+def _setup(model, siamese=False, seeds=(0,), folds=0, **opts) -> SearchSetup:
+    spec, data, config = training_specs(model, **opts)
     return SearchSetup(spec, data, config, siamese, tuple(seeds), folds)
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, param: str) -> None:
+    """Refuse, before any training, a folder the results cannot be written to (made if missing)."""
+    base = _nearest_existing(folder)
+    problem = None
+    if not base.is_dir():
+        problem = f"{base} is a file"
+    else:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".subtune-write-check.", dir=base)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            problem = exc.strerror or type(exc).__name__
+    if problem:
+        raise SubtuneError(f"cannot write to {{param}} {folder} ({problem}); choose a writable folder", param=param)
 
 
 class _Progress:
@@ -127,23 +127,23 @@ class _Progress:
             self.epochs = self.bar.add_task("epochs", total=None, info="")
             yield self
 
-    def on_epoch(self, event: str, info: dict) -> None:
-        if self.epochs is None:
-            return
-        if event == "start":
-            units = info["units"]
-            label = ",".join(units) if len(units) <= 3 else f"{units[0]}..{units[-1]} ({len(units)})"
-            self.bar.reset(self.epochs, total=info["epochs"], description=f"{info['mode']} {label or ''}".strip(),
-                           info="")
-        elif event == "epoch":
-            self.bar.update(self.epochs, advance=1, info=f"val acc {100 * info['val_accuracy']:.1f}%")
-
-    def on_run(self, spec, result: dict, reused: bool) -> None:
-        if self.runs is None:
-            return
-        units = ",".join(result["units"]) or "(linear probe)"
-        tag = " (from log)" if reused else ""
-        self.bar.update(self.runs, advance=1, info=f"last: {units[:40]} {100 * result['accuracy']:.1f}%{tag}")
+    def __call__(self, event: Event) -> None:
+        """Render a library progress event: a run starting or finishing an epoch, a search run done."""
+        kind = event.data.get("event")
+        if event.stage == "train" and self.epochs is not None:
+            info = event.data
+            if kind == "start":
+                units = info["units"]
+                label = ",".join(units) if len(units) <= 3 else f"{units[0]}..{units[-1]} ({len(units)})"
+                self.bar.reset(self.epochs, total=info["epochs"],
+                               description=f"{info['mode']} {label or ''}".strip(), info="")
+            elif kind == "epoch":
+                self.bar.update(self.epochs, advance=1, info=f"val acc {100 * info['val_accuracy']:.1f}%")
+        elif event.stage == "search" and kind == "run" and self.runs is not None:
+            result = event.data["result"]
+            units = ",".join(result["units"]) or "(linear probe)"
+            tag = " (from log)" if event.data["reused"] else ""
+            self.bar.update(self.runs, advance=1, info=f"last: {units[:40]} {100 * result['accuracy']:.1f}%{tag}")
 
 
 def _units_label(units: list[str], all_units: list[str]) -> str:
@@ -156,7 +156,7 @@ def _units_label(units: list[str], all_units: list[str]) -> str:
 
 @click.command()
 @click.argument("model")
-@click.option("--name", required=True, help="Task name; the task is written to TASK_DIR/NAME.safetensors.")
+@task_name_option("Task name; the task is written to TASK_DIR/NAME.safetensors.")
 @click.option("--blocks", default="auto", show_default=True, metavar="auto|none|all|UNITS",
               help="Units to tune: auto = greedy selection, none = linear probe, all = full finetuning, or "
                    "comma-separated unit names / prefixes (layer4 = every unit of layer4).")
@@ -197,6 +197,9 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
     """
     setup = _setup(model, siamese=siamese, seeds=tuple(opts["seed"] + i for i in range(search_seeds)), folds=folds,
                    **opts)
+    _check_writable(Path(task_dir), "task_dir")
+    if log_path and blocks.strip() == "auto":
+        _check_writable(Path(log_path).parent, "log_path")
     backbone = get_backbone(setup.backbone)
     data = get_data(setup.data, backbone.data_config)
     console = Console()
@@ -208,14 +211,14 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
         gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands, latency_budget, table)
         log = RunLog(Path(log_path) if log_path else Path(task_dir) / f"{name}.runs.json", setup.context())
         with make_executor(workers, setup.config.device, kind=executor_kind) as executor, ui.running():
-            greedy = greedy_select(setup, gcfg, executor=executor, log=log, on_run=ui.on_run, on_epoch=ui.on_epoch)
+            greedy = greedy_select(setup, gcfg, executor=executor, log=log, progress=ui)
         units = greedy.units
     else:
         units = backbone.parse_units(blocks)
     with ui.running(runs=False):
         # greedy may find that no unit beats the linear probe, which has no Siamese form
         result = train(backbone, data, units, setup.config, siamese=siamese and (bool(units) or greedy is None),
-                       name=name, callback=ui.on_epoch)
+                       name=name, progress=ui)
     path = save_task(result.task, Path(task_dir) / name)
 
     if greedy is not None:
@@ -229,16 +232,16 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
     table.add_column("value")
     rows = [("backbone", f"{model} ({setup.backbone.weights})"),
             ("data", f"{data.source} ({len(data.labels)} classes)"),
-            ("mode", r["mode"]), ("tuned units", _units_label(units, backbone.unit_names)),
-            ("trainable params", f"{r['trainable_params'] / 1e6:.3f} M"),
+            ("mode", r.mode), ("tuned units", _units_label(units, backbone.unit_names)),
+            ("trainable params", f"{r.trainable_params / 1e6:.3f} M"),
             ("input size", "x".join(str(v) for v in data.input_size)),
-            ("epochs / batch / lr", f"{r['epochs']} / {r['config']['batch_size']} / {r['config']['lr']:g}"),
-            ("train / val samples", f"{r['samples']} / {r['val_samples']}"),
-            ("val accuracy (final)", f"{100 * r['val_accuracy']:.2f}%"),
-            ("val accuracy (best)", f"{100 * r['best_val_accuracy']:.2f}% (epoch {r['best_epoch']})"),
-            ("prefix cache", "train + val" if r["prefix_cache"]["train"] else
-             ("val only" if r["prefix_cache"]["val"] else "off")),
-            ("device", r["device"]), ("time", f"{r['seconds']:.1f} s")]
+            ("epochs / batch / lr", f"{r.epochs} / {r.batch_size} / {r.lr:g}"),
+            ("train / val samples", f"{r.samples} / {r.val_samples}"),
+            ("val accuracy (final)", f"{100 * r.val_accuracy:.2f}%"),
+            ("val accuracy (best)", f"{100 * r.best_val_accuracy:.2f}% (epoch {r.best_epoch})"),
+            ("prefix cache", "train + val" if r.prefix_cache["train"] else
+             ("val only" if r.prefix_cache["val"] else "off")),
+            ("device", r.device), ("time", f"{r.seconds:.1f} s")]
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
@@ -246,10 +249,6 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
 
 def _write_front(greedy, gcfg: GreedyConfig, setup, backbone, task_dir: Path, name: str) -> dict:
     """The accuracy / added-cost front of every set the search evaluated, as JSON and a plot."""
-    from ..budget import front_report, plot_front
-    from ..io import atomic_write_bytes
-    from ..selection import SetCost
-
     cost = SetCost(backbone, setup.data.input_size)
     table = gcfg.latency_table
     report = front_report(greedy.searches, greedy.units, table.latency if table else None, cost.flops)
@@ -309,16 +308,20 @@ def profile(model, window, seeds, unit_filter, siamese, out, workers, executor_k
     get_data(setup.data, backbone.data_config)  # fail early on bad data
     units = backbone.parse_units(unit_filter) if unit_filter else None
     out = Path(out)
+    check_replaceable(out, _is_profile_dir, "a profile", "out")  # before any training
+    _check_writable(out, "out")
     log = RunLog(out / "runs.json", setup.context())
     n_sets = len(profile_sets(backbone.unit_names, windows, units)) + 2
     ui = _Progress(progress)
     with make_executor(workers, setup.config.device, kind=executor_kind) as executor, \
             ui.running(runs_total=n_sets * len(setup.seeds)):
-        prof = finetuning_profile(setup, windows, units, executor=executor, log=log, on_run=ui.on_run,
-                                  on_epoch=ui.on_epoch)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps(prof.to_json(), indent=1))
-    png = plot_profile(prof, out / "profile.png")
+        prof = finetuning_profile(setup, windows, units, executor=executor, log=log, progress=ui)
+    with staged_dir(out, _is_profile_dir, what="a profile", param="out") as stage:
+        atomic_write_bytes(stage / "profile.json", json.dumps(prof.to_json(), indent=1).encode())
+        plot_profile(prof, stage / "profile.png")
+        if log.path.exists():
+            shutil.copy2(log.path, stage / "runs.json")
+    png = out / "profile.png"
 
     console = Console()
     table = Table(title=f"finetuning profile: {model} on {setup.data.source}, {len(setup.seeds)} seed(s), "
@@ -334,3 +337,20 @@ def profile(model, window, seeds, unit_filter, siamese, out, workers, executor_k
     console.print(table)
     console.print(f"wrote {out / 'profile.json'}, {png}, {log.path} "
                   f"({prof.new_runs} runs, {prof.reused_runs} from the log)")
+
+
+PROFILE_FILES = frozenset({"profile.json", "profile.png", "runs.json"})
+
+
+def _is_profile_dir(folder: Path) -> bool:
+    """An earlier profile's folder and nothing else: only its files, and its run log really one."""
+    names = {p.name for p in folder.iterdir()}
+    if not names <= PROFILE_FILES or "runs.json" not in names:
+        return False
+    try:
+        log_data = json.loads((folder / "runs.json").read_text())
+        prof = json.loads((folder / "profile.json").read_text()) if "profile.json" in names else {"entries": []}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(log_data, dict) and log_data.get("format") == LOG_FORMAT and isinstance(prof, dict) \
+        and "entries" in prof

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SubtuneError
+from ..errors import SubtuneError
 
 COSTS_FORMAT = "subtune-edge.device-costs"
 
@@ -123,7 +123,7 @@ def front_report(searches: dict, chosen: list[str], latency=None, flops=None) ->
 def plot_front(report: dict, path: str | Path, title: str, budget: float | None = None,
                other_choice: dict | None = None) -> Path:
     """Accuracy vs added latency (or branch FLOPs) for every evaluated set; the front joined up."""
-    import matplotlib
+    import matplotlib  # optional: plots only
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -2,7 +2,7 @@
 
 Every run of a profile or a greedy search is independent, so :class:`RayExecutor` sends each one
 to the cluster as a Ray task (one GPU per run where the cluster has GPUs, else ``cpus_per_run``
-CPUs) and yields results as they finish (``ray.wait``); :func:`~subtune_edge.executor.run_all`
+CPUs) and yields results as they finish (``ray.wait``); :func:`~subtune_edge.search.runlog.run_all`
 writes each into the run log as it arrives. A worker that dies (a node lost, a process killed, out
 of memory) is a system failure: Ray runs the task again, up to ``max_retries`` times. Exceptions
 raised by the run itself (bad settings) are not retried unless ``retry_exceptions`` says so. The
@@ -22,7 +22,9 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import RuntimeMissingError, SubtuneError
+import torch
+
+from ..errors import RuntimeMissingError, SubtuneError
 from .executor import Executor, RunFn
 
 INSTALL_HINT = "the Ray executor needs Ray: pip install 'subtune-edge[dist]'"
@@ -31,7 +33,7 @@ INSTALL_HINT = "the Ray executor needs Ray: pip install 'subtune-edge[dist]'"
 def require_ray():
     """The ``ray`` module, or a :class:`RuntimeMissingError` with the install line."""
     try:
-        import ray
+        import ray  # optional: the dist extra
     except ImportError as exc:
         raise RuntimeMissingError(INSTALL_HINT) from exc
     return ray
@@ -39,11 +41,9 @@ def require_ray():
 
 def _run_on_worker(fn: RunFn, item: Any, threads: int) -> Any:
     """Runs inside a Ray worker: on the GPU Ray assigned to the task, else on CPU threads."""
-    import torch
-
     gpus = []
     try:
-        import ray
+        import ray  # optional: the dist extra
 
         gpus = ray.get_gpu_ids()
     except Exception:  # noqa: BLE001 - outside a worker (tests call this directly)

@@ -1,0 +1,143 @@
+"""Runs as plain data, for executors: :class:`RunSpec` in, :class:`RunResult` out.
+
+Profiles and searches ship runs to other processes (or a Ray cluster) as picklable specs and get
+JSON-able results back; a run log stores the results, so :meth:`RunResult.from_json` is where a
+log's runs are checked field by field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from ..backbone import Backbone, BackboneSpec, load_backbone
+from ..data import DataSpec, TaskData, load_data, spec_key
+from ..errors import SubtuneError
+from ..progress import Progress
+from .config import TrainConfig, run_mode
+from .loop import train
+from .record import check_fields
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run as plain data: what a profile or a search asks an executor to run."""
+
+    backbone: BackboneSpec
+    data: DataSpec
+    units: tuple[str, ...]
+    config: TrainConfig
+    siamese: bool = False
+
+    @property
+    def key(self) -> str:
+        """Unit set + seed + fold + mode: what a run log is indexed by."""
+        mode = run_mode(self.units, None, self.siamese and bool(self.units))
+        return f"{mode}|{'+'.join(self.units) or '-'}|seed={self.config.seed}|fold={self.data.fold}"
+
+    def context(self) -> dict:
+        """Everything but the unit set, seed and fold: runs in one log must agree on it."""
+        neutral = replace(self.config, seed=0, device="auto", prefix_cache=True, cache_max_bytes=0, cache_whole_set=0,
+                          num_workers=None)
+        return {"backbone": self.backbone.to_json(), "data": self.data.with_fold(None).to_json(),
+                "config": neutral.to_json()}
+
+
+@dataclass
+class RunResult:
+    """What a run reports back: plain JSON-able values only (one entry of a run log)."""
+
+    key: str
+    units: list[str]
+    mode: str
+    seed: int
+    fold: int | None
+    accuracy: float            # the one a search compares (config.select)
+    final_accuracy: float
+    best_accuracy: float
+    seconds: float
+    device: str
+    epochs: int
+    train_samples: int
+    val_samples: int
+    prefix_cache: bool
+    history: list[dict] = field(default_factory=list)
+
+    _TYPES = {"key": str, "units": list, "mode": str, "seed": int, "fold": (int, type(None)), "accuracy": float,
+              "final_accuracy": float, "best_accuracy": float, "seconds": float, "device": str, "epochs": int,
+              "train_samples": int, "val_samples": int, "prefix_cache": bool, "history": list}
+    REQUIRED = frozenset({"key", "units", "accuracy", "seconds"})
+
+    def to_json(self) -> dict:
+        """The result as a run log stores it."""
+        return asdict(self)
+
+    @classmethod
+    def check_json(cls, data: Any, where: str = "run result") -> dict:
+        """``data`` if it is a run result a search can use (the fields it reads, with their types).
+
+        Raises:
+            SubtuneError: naming ``where``, the field and what was expected.
+        """
+        check_fields(data, cls._TYPES, where, set(cls.REQUIRED))
+        if not all(isinstance(u, str) for u in data["units"]):
+            raise SubtuneError(f"{where}: 'units' must be a list of unit names")
+        return data
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "run result") -> RunResult:
+        """A result from its JSON (fields this version does not know are ignored).
+
+        Raises:
+            SubtuneError: a missing field or one of the wrong type.
+        """
+        names = {f.name for f in fields(cls)}
+        check_fields(d, cls._TYPES, where, names - {"history"})
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Per-process caches so a worker builds each backbone and dataset once for all its runs.
+_BACKBONES: dict[str, Backbone] = {}
+_DATA: dict[str, TaskData] = {}
+
+
+def get_backbone(spec: BackboneSpec) -> Backbone:
+    """The backbone for ``spec``, built once per process."""
+    key = json.dumps(spec.to_json(), sort_keys=True)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = load_backbone(spec)
+    return _BACKBONES[key]
+
+
+def get_data(spec: DataSpec, data_config: dict) -> TaskData:
+    """The data set for ``spec`` at the backbone's preprocessing, read once per process."""
+    key = spec_key(spec, data_config)
+    if key not in _DATA:
+        _DATA[key] = load_data(spec, data_config)
+    return _DATA[key]
+
+
+def execute_run(spec: RunSpec, device: str | None = None, progress: Progress | None = None) -> RunResult:
+    """Run ``spec`` in this process and report plain results.
+
+    Args:
+        spec: the run.
+        device: where to run (an executor's device); default the spec's own.
+        progress: told the run's ``train`` events (local executors only: it does not pickle).
+
+    Returns:
+        The run's result, as a run log stores it.
+    """
+    backbone = get_backbone(spec.backbone)
+    data = get_data(spec.data, backbone.data_config)
+    cfg = replace(spec.config, device=device) if device and device != "auto" else spec.config
+    units = list(spec.units)
+    r = train(backbone, data, units, cfg, siamese=spec.siamese and bool(units), progress=progress).record
+    return RunResult(
+        key=spec.key, units=units, mode=r.mode, seed=cfg.seed, fold=spec.data.fold,
+        accuracy=r.best_val_accuracy if cfg.select == "best" else r.val_accuracy,
+        final_accuracy=r.val_accuracy, best_accuracy=r.best_val_accuracy, seconds=r.seconds,
+        device=r.device, epochs=r.epochs, train_samples=r.samples, val_samples=r.val_samples,
+        prefix_cache=bool(r.prefix_cache["train"]),
+        history=[{k: v for k, v in h.items() if k in ("epoch", "train_loss", "val_accuracy")} for h in r.history])
