@@ -25,6 +25,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import BackboneError, WeightsError
@@ -128,8 +129,6 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
             "pass {param} as timm, random, offline or the path of a state_dict file", param="weights")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them

@@ -53,6 +53,9 @@ def test_parse_units_accepts_stages_lists_and_keywords(resnet):
     assert resnet.parse_units("all") == resnet.unit_names
     with pytest.raises(BackboneError, match="has no unit 'layer9'.*layer1.0"):
         resnet.parse_units("layer9")
+    resnet.check_units(["layer1.0", "layer4.1"])
+    with pytest.raises(BackboneError, match="'resnet18' has no unit 'layer4.7'; its units are layer1.0"):
+        resnet.check_units(["layer1.0", "layer4.7"])
 
 
 def test_unknown_model_is_refused_with_a_hint():
