@@ -52,7 +52,7 @@ def _check_executor(ctx: click.Context, param: click.Parameter, value: str | Non
     try:
         return check_executor_kind(value)
     except SubtuneError as exc:
-        if exc.param == "executor_kind":
+        if exc.param == "kind":
             raise click.BadParameter(f"'{value.strip()}' is not one of local, process, ray, ray:ADDRESS") from None
         raise
 

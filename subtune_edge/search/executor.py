@@ -31,15 +31,26 @@ from ..errors import SubtuneError
 # fn(item, device) -> result; must be a module-level function (picklable) for process executors.
 RunFn = Callable[[Any, str], Any]
 
+
 class Executor:
     """Runs ``fn(item, device)`` for every item; yields results as runs finish (not in input order)."""
 
     devices: list[str]
 
     def map(self, fn: RunFn, items: Iterable[Any]) -> Iterator[Any]:
+        """Run ``fn(item, device)`` for every item.
+
+        Args:
+            fn: a module-level function (process and Ray executors pickle it).
+            items: the runs.
+
+        Returns:
+            An iterator over the results, in the order the runs finish.
+        """
         raise NotImplementedError
 
     def describe(self) -> str:
+        """One line saying where runs go, for logs and reports."""
         return f"{type(self).__name__}({', '.join(self.devices)})"
 
     def close(self) -> None:
@@ -53,7 +64,11 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """In this process, one run after another, on one device."""
+    """In this process, one run after another, on one device (the only executor that can report epochs).
+
+    Args:
+        device: the device every run uses (``auto``: CUDA when there is one).
+    """
 
     def __init__(self, device: str = "auto"):
         self.devices = [device]
@@ -69,8 +84,6 @@ _WORKER_DEVICE = "auto"
 def _init_worker(queue, threads: int | None) -> None:
     global _WORKER_DEVICE
     _WORKER_DEVICE = queue.get()
-
-
     if threads:
         torch.set_num_threads(threads)
     if _WORKER_DEVICE.startswith("cuda"):
@@ -86,13 +99,19 @@ class ProcessExecutor(Executor):
 
     Default: every visible CUDA device once, or ``workers`` CPU workers that share the cores.
     Work is handed out one run at a time, so fast workers take more runs.
+
+    Args:
+        devices: one worker per entry (``cuda:0``, ``cpu``, ...); default as above.
+        workers: CPU workers when there is no CUDA device and no ``devices``.
+        threads_per_worker: torch threads per CPU worker; default the cores shared out.
+
+    Raises:
+        SubtuneError: an empty device list.
     """
 
     def __init__(self, devices: list[str] | None = None, workers: int | None = None,
                  threads_per_worker: int | None = None):
         if devices is None:
-
-
             n_cuda = torch.cuda.device_count()
             devices = [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else ["cpu"] * max(1, workers or 2)
         if not devices:

@@ -15,7 +15,7 @@ def check_executor_kind(kind: str | None) -> str | None:
     """``kind`` stripped, after refusing one that is unknown or Ray where Ray is not installed.
 
     Raises:
-        SubtuneError: an unknown kind (``param="executor_kind"``); RuntimeMissingError without Ray.
+        SubtuneError: an unknown kind (``param="kind"``); RuntimeMissingError without Ray.
     """
     if kind is None:
         return None
@@ -24,7 +24,7 @@ def check_executor_kind(kind: str | None) -> str | None:
         parse_address(kind)
         require_ray()
     elif kind not in ("", "local", "process"):
-        raise SubtuneError(f"unknown {{param}} '{kind}'; use {EXECUTOR_KINDS}", param="executor_kind")
+        raise SubtuneError(f"unknown executor '{kind}'; pass one of {EXECUTOR_KINDS} as {{param}}", param="kind")
     return kind
 
 
@@ -52,7 +52,7 @@ def make_executor(workers: int | None = 1, device: str = "auto", devices: list[s
         address = parse_address(kind)
         return RayExecutor(address, max_concurrent=workers if workers and workers > 0 else None)
     if kind not in ("", "local", "process"):
-        raise SubtuneError(f"unknown {{param}} '{kind}'; use {EXECUTOR_KINDS}", param="executor_kind")
+        raise SubtuneError(f"unknown executor '{kind}'; pass one of {EXECUTOR_KINDS} as {{param}}", param="kind")
     workers = workers or 1
     if kind == "local":
         if devices or workers > 1:

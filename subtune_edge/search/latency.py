@@ -43,6 +43,11 @@ class LatencyTable:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "cost table") -> LatencyTable:
+        """The table from a ``profile-device`` JSON.
+
+        Raises:
+            SubtuneError: the JSON is not a device cost table.
+        """
         if data.get("format") != COSTS_FORMAT:
             raise SubtuneError(f"{where} is not a device cost table; create it with `subtune-edge profile-device`")
         env = data.get("environment") or {}
@@ -53,9 +58,15 @@ class LatencyTable:
 
     @classmethod
     def read(cls, path: str | Path) -> LatencyTable:
+        """The table in a ``profile-device`` file.
+
+        Raises:
+            SubtuneError: the file is unreadable or not a device cost table.
+        """
         return cls.from_json(read_cost_table(path), str(path))
 
     def check_model(self, model: str) -> None:
+        """Refuse a table measured for another model (its units and costs would not apply)."""
         if model != self.model:
             raise SubtuneError(f"the cost table was measured for '{self.model}', not '{model}'; measure one with "
                                f"`subtune-edge profile-device {model}`")

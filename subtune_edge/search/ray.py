@@ -61,13 +61,25 @@ def _run_on_worker(fn: RunFn, item: Any, threads: int) -> Any:
 class RayExecutor(Executor):
     """Each run a Ray task; results stream back as runs finish.
 
-    ``address``: ``None`` connects to ``RAY_ADDRESS`` when it is set, else starts a local Ray
-    instance; ``"auto"`` joins the cluster this node belongs to; ``"ray://HOST:10001"`` goes through
-    the Ray client. A Ray that is already initialised in this process is used as it is.
+    A Ray that is already initialised in this process is used as it is.
 
-    ``gpus_per_run``: default 1 when the cluster has GPUs, else 0 (CPU runs of ``cpus_per_run``
-    threads each). Fractions (0.5: two runs per GPU) are allowed. ``max_concurrent`` caps the runs in
-    flight (default: as many as the cluster's resources allow).
+    Args:
+        address: ``None`` connects to ``RAY_ADDRESS`` when it is set, else starts a local Ray
+            instance; ``"auto"`` joins the cluster this node belongs to; ``"ray://HOST:10001"`` goes
+            through the Ray client.
+        cpus_per_run: CPUs (torch threads) of a CPU run.
+        gpus_per_run: default 1 when the cluster has GPUs, else 0; fractions (0.5: two runs per GPU)
+            are allowed.
+        max_concurrent: the most runs in flight (default: as many as the cluster's resources allow).
+        max_retries: how often Ray re-runs a task whose worker died.
+        retry_exceptions: also re-run tasks that raised.
+        runtime_env: Ray's runtime environment for the workers.
+        init_kwargs: more arguments for ``ray.init``.
+
+    Raises:
+        RuntimeMissingError: Ray is not installed.
+        SubtuneError: the cluster cannot be reached, has no GPU for ``gpus_per_run``, or
+            ``max_concurrent`` is below 1.
     """
 
     def __init__(self, address: str | None = None, *, cpus_per_run: float = 1, gpus_per_run: float | None = None,
@@ -75,7 +87,7 @@ class RayExecutor(Executor):
                  runtime_env: dict | None = None, init_kwargs: dict | None = None):
         ray = require_ray()
         if max_concurrent is not None and max_concurrent < 1:
-            raise SubtuneError(f"max_concurrent must be at least 1, got {max_concurrent}")
+            raise SubtuneError(f"{{param}} must be at least 1, got {max_concurrent}", param="max_concurrent")
         self._owns_ray = False
         if not ray.is_initialized():
             kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -86,8 +98,8 @@ class RayExecutor(Executor):
                 ray.init(address=address, **kwargs)
             except ConnectionError as exc:
                 raise SubtuneError(f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')} "
-                                   f"({exc}); start it with `ray start --head` or pass another --executor "
-                                   "ray:ADDRESS") from exc
+                                   f"({exc}); start it with `ray start --head` or pass the address of a running "
+                                   "cluster as {param}", param="address") from exc
             self._owns_ray = True
         resources = ray.cluster_resources()
         self.cluster_gpus = float(resources.get("GPU", 0))
