@@ -16,7 +16,25 @@ from .task import Task, make_task
 
 def synthetic_task(backbone: Backbone, name: str, units: list[str], num_classes: int = 10, *, seed: int = 0,
                    siamese: bool = False, input_size: tuple[int, int] | None = None) -> Task:
-    """A task tuning ``units`` with seeded random changes to their weights and a random head."""
+    """A task tuning ``units`` with seeded random changes to their weights and a random head.
+
+    Args:
+        backbone: the frozen backbone.
+        name: the task name (:func:`~subtune_edge.task.validate_task_name`).
+        units: the units it tunes (empty: a linear probe).
+        num_classes: outputs of its head.
+        seed: the same seed gives the same tensors.
+        siamese: a Siamese head (twice the features).
+        input_size: (height, width) recorded as its preprocessing; None for the backbone's default.
+
+    Returns:
+        The task, as :func:`~subtune_edge.task.make_task` builds it (``training.mode`` is ``synthetic``).
+
+    Raises:
+        BackboneError: a unit the backbone does not have.
+        TaskFileError: a bad name.
+    """
+    backbone.check_units(units)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
