@@ -69,11 +69,6 @@ class TaskModel(nn.Module):
             if siamese else nn.ModuleList()
         self.head = head
 
-    @property
-    def first(self) -> int:
-        """Deprecated name of :attr:`start`, kept until ``train/prefix_cache.py`` reads ``start``."""
-        return self.start
-
     @classmethod
     def from_task(cls, backbone: Backbone, task: Task) -> TaskModel:
         """The standalone model of a saved task (eval mode).
