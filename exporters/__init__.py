@@ -7,21 +7,24 @@ The building blocks are public so the benchmark harness can export subsets of ta
 * :func:`convert_fp16` — fp16 weights and compute, float32 I/O
 * :mod:`exporters.tensorrt` — TensorRT 10/11 version dispatch, optimization profile, engine build
 * :func:`compare_outputs` — the runtime-agnostic comparator behind verification
-* :func:`read_manifest` / :func:`check_files` — the manifest contract (``exporters/FORMAT.md``)
+* :func:`write_manifest` — the writing side of the manifest; reading and checking an export is
+  :func:`subtune_edge.runtime.read_manifest` (re-exported here with :func:`check_files`)
 """
 
-from .export import export_tasks
+from subtune_edge.runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, check_files, read_manifest, require_intact
+
+from .export import ExportOptions, export_tasks
 from .fp16 import convert_fp16
-from .manifest import FORMAT, FORMAT_VERSION, check_files, read_manifest, require_intact, write_manifest
+from .manifest import write_manifest
 from .onnx_export import OnnxReport, check_onnx, duplicate_initializers, export_onnx, module_weight_bytes
 from .shapes import INPUT_NAME, check_batch, output_name, output_names, parse_batch
 from .tensorrt import BuildRecipe, build_engine, build_recipe, profile_shapes, require_tensorrt
 from .verify import FP16, FP32, TF32, OutputComparison, Tolerance, compare_outputs
 
 __all__ = [
-    "export_tasks",
+    "ExportOptions", "export_tasks",
     "convert_fp16",
-    "FORMAT", "FORMAT_VERSION", "check_files", "read_manifest", "require_intact", "write_manifest",
+    "FORMAT", "FORMAT_VERSION", "Manifest", "check_files", "read_manifest", "require_intact", "write_manifest",
     "OnnxReport", "check_onnx", "duplicate_initializers", "export_onnx", "module_weight_bytes",
     "INPUT_NAME", "check_batch", "output_name", "output_names", "parse_batch",
     "BuildRecipe", "build_engine", "build_recipe", "profile_shapes", "require_tensorrt",

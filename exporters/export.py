@@ -1,26 +1,33 @@
 """``export_tasks``: tasks -> a verified export directory, written atomically.
 
-Everything is built in a hidden sibling folder of ``out`` (``.<name>.<random>.partial``) and
-renamed into place only after every file was written, checked and verified; on any error the
-folder is removed, so ``out`` holds either the previous export or the new one, never half of one.
+Everything is built in a hidden sibling folder of ``out`` (:func:`subtune_edge.io.staged_dir`)
+and published only after every file was written, checked and verified; on any error the folder
+is removed, so ``out`` holds either the previous export or the new one, never half of one. An
+existing ``out`` is replaced only when :func:`subtune_edge.runtime.is_export_dir` recognises it
+as an earlier export holding nothing else: a user's folder is refused before any work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+from timm.layers import set_layer_config
 
 from subtune_edge.backbone import Backbone
+from subtune_edge.cost import build_fused
 from subtune_edge.errors import ExportError
-from subtune_edge.multitask import StackedMultiTaskModel
+from subtune_edge.io import staged_dir
+from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks
+from subtune_edge.progress import Progress, emit
+from subtune_edge.runtime import OrtRunner, TorchRunner, TrtRunner, is_export_dir, missing_reason
 from subtune_edge.task import Task
+from subtune_edge.weights import SPECS as NAMED_WEIGHTS
 
 from . import manifest as manifest_mod
 from . import tensorrt as trt_mod
@@ -30,69 +37,84 @@ from .onnx_export import export_onnx
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
 from .verify import FP16, FP32, TF32, Tolerance, compare_outputs
 
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
+
 TORCHSCRIPT_OPSETS = (13, 20)
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
+STAGE = "export"
 
 
-# -- where the files go ---------------------------------------------------------------------------
-def _staging_dir(out: Path) -> Path:
-    """Create the hidden build folder next to ``out``, refusing an ``out`` we must not replace."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file; choose a folder name")
-    if out.is_dir() and any(out.iterdir()) and not (out / manifest_mod.MANIFEST).is_file():
-        raise ExportError(f"--out {out} is a non-empty folder that is not an export; choose a new or empty folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ExportError(f"cannot write to --out {out} ({reason}); choose a writable folder") from exc
+@dataclass(frozen=True)
+class ExportOptions:
+    """How :func:`export_tasks` exports; every field is also a keyword of ``export_tasks``."""
+
+    weights: str | None = field(default=None, metadata={
+        "help": "where the frozen weights come from (timm, offline, random, or a file); None: the source the "
+                "tasks recorded, when it is a named source (a file is never taken from a task file)"})
+    opset: int = field(default=17, metadata={"help": "ONNX opset (TorchScript exporter 13..20, dynamo 18+)"})
+    batch: tuple[int, ...] = field(default=(1, 32), metadata={
+        "help": "(min, max) or (min, opt, max) batch; min == max is a fixed batch; opt is TensorRT's tuning batch"})
+    input_size: tuple[int, int] | None = field(default=None, metadata={
+        "help": "(H, W) of the input; None: the size the tasks were prepared at"})
+    allow_resize: bool = field(default=False, metadata={
+        "help": "allow an input_size other than the tasks' own (recorded per task as resized_from)"})
+    fp16: bool = field(default=False, metadata={"help": "also write model.fp16.onnx"})
+    trt: bool = field(default=False, metadata={"help": "also build model.plan with TensorRT"})
+    separate: bool = field(default=False, metadata={"help": "also write separate/<task>.onnx, each task alone"})
+    verify: bool = field(default=True, metadata={"help": "compare every output with the PyTorch task models"})
+    dynamo: bool = field(default=False, metadata={"help": "use the torch.export-based ONNX exporter"})
+    stacked: bool = field(default=False, metadata={
+        "help": "run frozen units shared by several branches once, on batch-stacked activations"})
+    images: tuple[str | Path, ...] | None = field(default=None, metadata={
+        "help": "image files or folders to verify on besides the seeded batch (default: bundled photos)"})
+    workspace: int = field(default=trt_mod.DEFAULT_WORKSPACE, metadata={"help": "TensorRT workspace, bytes"})
+    timing_cache: str | Path | None = field(default=None, metadata={
+        "help": "TensorRT timing cache file (default: ~/.cache/subtune-edge/)"})
 
 
-def _publish(staging: Path, out: Path) -> None:
-    """Swap the finished folder into place (a previous export there is replaced)."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-        try:
-            os.replace(staging, out)
-        except OSError:
-            os.replace(old / out.name, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+OPTION_NAMES = tuple(f.name for f in fields(ExportOptions))
 
 
 @contextlib.contextmanager
 def _step(name: str, timings: dict, progress: Progress | None, message: str):
-    if progress:
-        progress(message)
+    emit(progress, STAGE, message, step=name)
     start = time.perf_counter()
     yield
     timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 # -- what the tasks agree on ----------------------------------------------------------------------
-def _input_size(tasks: list[Task], backbone: Backbone, input_size: tuple[int, int] | None) -> tuple[int, int]:
+def _task_size(task: Task, model_size: tuple[int, int]) -> tuple[int, int]:
+    size = task.preprocessing.get("input_size")
+    return tuple(int(v) for v in size[-2:]) if size else model_size
+
+
+def _input_size(tasks: list[Task], backbone: Backbone, input_size: tuple[int, int] | None,
+                allow_resize: bool) -> tuple[int, int]:
     model_size = tuple(int(v) for v in backbone.data_config["input_size"][1:])
+    sizes: dict[tuple[int, int], str] = {}
+    for t in tasks:
+        sizes.setdefault(_task_size(t, model_size), t.name)
     if input_size is None:
-        sizes = {}
-        for t in tasks:
-            size = t.preprocessing.get("input_size")
-            sizes.setdefault(tuple(int(v) for v in size[-2:]) if size else model_size, t.name)
         if len(sizes) > 1:
             (a, ta), (b, tb) = list(sizes.items())[:2]
             raise ExportError(f"task '{tb}' was prepared at {b[0]}x{b[1]} but '{ta}' at {a[0]}x{a[1]}; "
-                              "pass --input-size H,W")
+                              "pass {param} H,W (and allow resizing)", param="input_size")
         input_size = next(iter(sizes))
     h, w = (int(v) for v in input_size)
     if min(h, w) < 8:
-        raise ExportError(f"input size {h}x{w} is too small; pass --input-size H,W of at least 8")
+        raise ExportError(f"input size {h}x{w} is too small; pass {{param}} H,W of at least 8", param="input_size")
     if backbone.family == "vit" and (h, w) != model_size:
         raise ExportError(f"'{backbone.name}' was built for {model_size[0]}x{model_size[1]} inputs (its patch grid "
                           f"is fixed); export at that size, not {h}x{w}")
+    others = {size: name for size, name in sizes.items() if size != (h, w)}
+    if others and not allow_resize:
+        (a, ta), = list(others.items())[:1]
+        raise ExportError(f"task '{ta}' was prepared at {a[0]}x{a[1]}, not {h}x{w}; its accuracy at another size is "
+                          "unknown: export at its size, or pass {param} to resize anyway", param="allow_resize")
+    if others:
+        log.warning("exporting at %dx%d tasks prepared at other sizes: %s", h, w,
+                    ", ".join(f"{n} ({s[0]}x{s[1]})" for s, n in others.items()))
     return h, w
 
 
@@ -105,8 +127,7 @@ def _preprocessing(tasks: list[Task], backbone: Backbone, size: tuple[int, int])
             raise ExportError(f"task '{t.name}' uses other preprocessing than '{tasks[0].name}' ({diff[0]}: "
                               f"{mine.get(diff[0])} != {base.get(diff[0])}); one input needs one preprocessing")
     out = {k: _norm(base.get(k)) for k in PREPROCESSING_KEYS}
-    out["input_size"] = [3, int(size[0]), int(size[1])]
-    return {"input_size": out.pop("input_size"), **out}
+    return {"input_size": [3, int(size[0]), int(size[1])], **out}
 
 
 def _norm(value):
@@ -117,12 +138,22 @@ def _norm(value):
     return value
 
 
-def _load_backbone(tasks: list[Task], weights: str | None) -> Backbone:
+def _weights(tasks: list[Task], weights: str | None) -> str:
+    """The weights to load: the caller's, or the tasks' recorded source when it is a named one.
+
+    A task file is data: a file path recorded in it is never opened unless the caller names it.
+    """
+    if weights is not None:
+        return weights
+    recorded = tasks[0].backbone.weights
+    if recorded in NAMED_WEIGHTS:
+        return recorded
+    raise ExportError(f"task '{tasks[0].name}' was trained on weights from a file ({recorded}); files named inside "
+                      "a task file are not loaded: pass {param} with that file", param="weights")
+
+
+def _load_backbone(tasks: list[Task], weights: str) -> Backbone:
     """The tasks' backbone, created as timm's onnx_export.py creates models (``exportable=True``)."""
-    from timm.layers import set_layer_config
-
-    from subtune_edge.multitask import backbone_for_tasks
-
     with set_layer_config(scriptable=False, exportable=True, no_jit=True):
         return backbone_for_tasks(tasks, weights)
 
@@ -130,9 +161,6 @@ def _load_backbone(tasks: list[Task], weights: str | None) -> Backbone:
 # -- verification ---------------------------------------------------------------------------------
 def _reference(backbone: Backbone, tasks: list[Task], outs: list[str], batches: list[InputBatch]):
     """PyTorch outputs of each task model (fp32, CPU), per batch: [{output: array}]."""
-    from subtune_edge.multitask import TaskModel
-    from subtune_edge.runners import TorchRunner
-
     refs: list[dict] = [{} for _ in batches]
     for task, name in zip(tasks, outs):
         with TorchRunner(TaskModel.from_task(backbone, task), [name]) as runner:
@@ -163,102 +191,114 @@ def _raise_failures(results: list[dict]) -> None:
         r = failed[0]
         more = f" ({len(failed) - 1} more output(s) failed too)" if len(failed) > 1 else ""
         raise ExportError(f"verification failed for task '{r['task']}' in {r['file']}: {r['reason']}{more}; "
-                          "nothing was written (export with --no-verify to inspect the files anyway)")
+                          "nothing was written (export without verification to inspect the files anyway)")
 
 
 # -- the export -----------------------------------------------------------------------------------
-def export_tasks(tasks: list[Task], out: str | Path, *, weights: str | None = None, opset: int = 17,
-                 batch: tuple[int, ...] = (1, 32), input_size: tuple[int, int] | None = None, fp16: bool = False,
-                 trt: bool = False, separate: bool = False, verify: bool = True, dynamo: bool = False,
-                 progress: Progress | None = None, images: list[str | Path] | None = None,
-                 workspace: int = trt_mod.DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
-                 stacked: bool = False) -> dict:
-    """Export ``tasks`` into ``out`` (see ``exporters/FORMAT.md``); returns the manifest written.
+def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | None = None, *,
+                 progress: Progress | None = None, **overrides) -> dict:
+    """Export ``tasks`` as one fused, verified ONNX graph (+ optional files) into ``out``.
 
-    ``stacked`` exports the variant in which frozen units shared by several branches run once on
-    the branches' activations concatenated along the batch axis (helps launch-bound GPUs).
+    The folder is built beside ``out`` and published only when every file is written, every
+    output verified against the PyTorch task models and the manifest sealed (see
+    ``exporters/FORMAT.md``). An existing ``out`` is replaced only when it is an earlier export
+    and holds nothing else; any other non-empty folder is refused before any work.
 
-    ``batch`` is (min, max) or (min, opt, max) — opt only matters for TensorRT. ``images`` are
-    extra files or folders to verify on (default: scikit-image's bundled photos). ``progress``
-    receives one short message per step.
+    Args:
+        tasks: the tasks, in output order; they must share one backbone and its frozen weights.
+        out: the export folder to write (or replace).
+        options: how to export (:class:`ExportOptions`); its fields may also be given as keywords,
+            which override it: ``export_tasks(tasks, "out", separate=True, batch=(1, 8))``.
+        progress: called with a :class:`~subtune_edge.progress.Event` (stage ``"export"``) per step.
+        **overrides: :class:`ExportOptions` fields (``weights``, ``opset``, ``batch``,
+            ``input_size``, ``allow_resize``, ``fp16``, ``trt``, ``separate``, ``verify``, ``dynamo``,
+            ``stacked``, ``images``, ``workspace``, ``timing_cache``).
+
+    Returns:
+        The manifest as written to ``out/manifest.json`` (JSON types).
+
+    Raises:
+        ExportError: ``out`` may not be replaced, options that cannot work, tasks that cannot be
+            fused, or an output past its verification tolerance (nothing is written then).
+        TaskFileError: tasks of different backbones or frozen weights.
+        RuntimeMissingError: ``trt`` without TensorRT (checked before any work).
+        TypeError: a keyword that is not an :class:`ExportOptions` field.
     """
+    unknown = sorted(set(overrides) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"export_tasks() got unknown option(s) {', '.join(unknown)}; "
+                        f"options: {', '.join(OPTION_NAMES)}")
+    opts = replace(options or ExportOptions(), **overrides)
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    if trt:
+    if opts.trt:
         trt_mod.require_tensorrt()  # before any other work: a missing TensorRT should cost nothing
-    lo, opt, hi = check_batch(tuple(batch))
-    exporter = "dynamo" if dynamo else "torchscript"
-    if not dynamo and not TORCHSCRIPT_OPSETS[0] <= opset <= TORCHSCRIPT_OPSETS[1]:
+    lo, opt, hi = check_batch(tuple(opts.batch))
+    exporter = "dynamo" if opts.dynamo else "torchscript"
+    opset = opts.opset
+    if not opts.dynamo and not TORCHSCRIPT_OPSETS[0] <= opset <= TORCHSCRIPT_OPSETS[1]:
         raise ExportError(f"opset {opset} is outside {TORCHSCRIPT_OPSETS[0]}..{TORCHSCRIPT_OPSETS[1]}, what the "
-                          "TorchScript exporter writes; use --opset 17 (or --dynamo for 18 and later)")
+                          "TorchScript exporter writes; use {param} 17 (or the dynamo exporter for 18 and later)",
+                          param="opset")
+    images = list(opts.images) if opts.images else None
     if images:
-        image_files(list(images))  # a missing image is refused before any work
+        image_files(images)  # a missing or unreadable image is refused before any work
     tasks = list(tasks)
     outs = output_names([t.name for t in tasks])
     tasks_by_output = dict(zip(outs, (t.name for t in tasks)))
-    out = Path(out)
-    staging = _staging_dir(out)
-    try:
+    weights = _weights(tasks, opts.weights)
+    # absolute and normalised: '.' or 'a/..' must name the folder itself, not an empty name beside it
+    dest = Path(os.path.abspath(out))
+    with staged_dir(dest, owns=is_export_dir, what="an export", param="out") as staging:
         with _step("load", timings, progress, "loading the backbone and checking the tasks"):
             backbone = _load_backbone(tasks, weights)
-            size = _input_size(tasks, backbone, input_size)
+            size = _input_size(tasks, backbone, opts.input_size, opts.allow_resize)
             preprocessing = _preprocessing(tasks, backbone, size)
         with _step("plan", timings, progress, "building the fused module and its sharing plan"):
-            from subtune_edge.cost import build_fused
-
-            fused = build_fused(backbone, tasks, size, stacked=stacked)
+            fused = build_fused(backbone, tasks, size, stacked=opts.stacked)
         onnx_reports = {}
         with _step("export", timings, progress, f"exporting model.onnx ({exporter})"):
-            report = export_onnx(fused, staging / "model.onnx", outs, size, (lo, hi), opset, dynamo)
+            report = export_onnx(fused, staging / "model.onnx", outs, size, (lo, hi), opset, opts.dynamo)
             onnx_reports["model.onnx"] = report.to_json()
             opset = report.opset
-        if separate:
-            from subtune_edge.multitask import TaskModel
-
+        if opts.separate:
             (staging / "separate").mkdir()
             for task, name in zip(tasks, outs):
                 with _step("separate", timings, progress, f"exporting separate/{name}.onnx"):
                     rel = f"separate/{name}.onnx"
                     model = TaskModel.from_task(backbone, task)
                     onnx_reports[rel] = export_onnx(model, staging / rel, [name], size, (lo, hi), opset,
-                                                    dynamo).to_json() | {"file": rel}
-        if fp16:
+                                                    opts.dynamo).to_json() | {"file": rel}
+        if opts.fp16:
             with _step("fp16", timings, progress, "converting to model.fp16.onnx"):
                 onnx_reports["model.fp16.onnx"] = convert_fp16(staging / "model.onnx", staging / "model.fp16.onnx",
                                                                outs)
         verification: dict = {"passed": None, "skipped": "--no-verify"}
         checked = None
-        if verify:
+        if opts.verify:
             verification, checked = _verify(backbone, tasks, outs, tasks_by_output, staging, preprocessing, size,
-                                            (lo, hi), fp16, separate, images, timings, progress)
+                                            (lo, hi), opts.fp16, opts.separate, images, timings, progress)
         trt_record = None
-        if trt:
+        if opts.trt:
             with _step("tensorrt", timings, progress, "building model.plan with TensorRT"):
-                recipe = trt_mod.build_recipe(trt_mod.tensorrt_version() or "0", fp16)
+                recipe = trt_mod.build_recipe(trt_mod.tensorrt_version() or "0", opts.fp16)
                 shapes = trt_mod.profile_shapes((lo, opt, hi), size)
-                trt_record = trt_mod.build_engine(staging, recipe, shapes, workspace=workspace,
-                                                  timing_cache=timing_cache)
+                trt_record = trt_mod.build_engine(staging, recipe, shapes, workspace=opts.workspace,
+                                                  timing_cache=opts.timing_cache)
             if checked is not None:
                 trt_record["verification"] = _verify_plan(staging, recipe, tasks_by_output, verification, checked,
                                                           timings, progress)
         timings["total"] = round(time.perf_counter() - start, 3)
-        manifest = _manifest(backbone, tasks, outs, size, (lo, opt, hi), preprocessing, opset, exporter, fused,
-                             onnx_reports, verification, trt_record, timings, separate)
-        if progress:
-            progress("hashing files and writing manifest.json")
-        manifest = manifest_mod.write_manifest(staging, manifest)
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        record = _manifest(backbone, tasks, outs, size, (lo, opt, hi), preprocessing, opset, exporter, fused,
+                           onnx_reports, verification, trt_record, timings, opts.separate)
+        emit(progress, STAGE, "hashing files and writing manifest.json", step="manifest")
+        manifest = manifest_mod.write_manifest(staging, record)
     return manifest
 
 
 def _verify(backbone, tasks, outs, tasks_by_output, staging: Path, preprocessing: dict, size, batch, fp16: bool,
             separate: bool, images, timings: dict, progress) -> tuple[dict, tuple]:
     """Every ONNX file against the PyTorch task models; returns the record and (refs, batches)."""
-    from subtune_edge.runners import OrtRunner
-
     with _step("verify", timings, progress, "verifying every output against the PyTorch task models"):
         batches = verification_batches(preprocessing, size, batch, images)
         refs = _reference(backbone, tasks, outs, batches)
@@ -279,8 +319,6 @@ def _verify(backbone, tasks, outs, tasks_by_output, staging: Path, preprocessing
 
 def _verify_plan(staging: Path, recipe, tasks_by_output, verification: dict, checked: tuple, timings,
                  progress) -> dict:
-    from subtune_edge.runners import TrtRunner, missing_reason
-
     reason = missing_reason("trt")
     if reason:
         return {"passed": None, "skipped": reason}
@@ -298,6 +336,7 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
               separate: bool) -> dict:
     lo, opt, hi = batch
     dim = BATCH_DIM if lo != hi else lo
+    model_size = tuple(int(v) for v in backbone.data_config["input_size"][1:])
     task_records = []
     for t, name in zip(tasks, outs):
         rec = {"name": t.name, "output": name, "shape": [dim, t.num_classes], "num_classes": t.num_classes,
@@ -305,6 +344,9 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
                "val_accuracy": t.training.get("val_accuracy")}
         if separate:
             rec["separate"] = f"separate/{name}.onnx"
+        own = _task_size(t, model_size)
+        if own != tuple(size):
+            rec["resized_from"] = list(own)
         task_records.append(rec)
     sizes = {"fused_bytes": onnx_reports["model.onnx"]["bytes"]}
     if separate:
@@ -321,7 +363,6 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
         "opset": opset,
         "exporter": exporter,
         "stacked_branches": isinstance(fused, StackedMultiTaskModel),
-        "files": {},
         "onnx": onnx_reports,
         "sizes": sizes,
         "plan": fused.plan.to_json(),

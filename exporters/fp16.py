@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import onnx
+from onnxconverter_common import float16
 
 from subtune_edge.errors import ExportError
 
@@ -48,8 +49,6 @@ def unnamed_nodes(model: onnx.ModelProto) -> None:
 
 def convert_fp16(src: str | Path, dst: str | Path, output_names: list[str] | None = None) -> dict:
     """Write ``dst``, the fp16 version of ``src``; checks it like any export. Returns a report."""
-    from onnxconverter_common import float16
-
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=True)
     unnamed_nodes(model)
@@ -62,7 +61,7 @@ def convert_fp16(src: str | Path, dst: str | Path, output_names: list[str] | Non
                                                          disable_shape_infer=False)
     except Exception as exc:  # the converter raises bare ValueError/KeyError on graphs it cannot handle
         raise ExportError(f"fp16 conversion of {src.name} failed ({type(exc).__name__}: {str(exc)[:160]}); "
-                          "export without --fp16") from exc
+                          "export without fp16") from exc
     # two fp32 constants may round to the same fp16 bytes: merge them so that each weight is stored once
     converted, _, _ = tidy(converted)
     converted.producer_name, converted.producer_version = model.producer_name, model.producer_version

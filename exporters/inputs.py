@@ -2,7 +2,8 @@
 
 Random normal inputs exercise every weight; real photos, prepared exactly as an app prepares them
 (:func:`subtune_edge.runtime.preprocess`), put activations in the range the model meets in use.
-The photos come from scikit-image's bundled data (no download) or from the user's files.
+The photos come from scikit-image's bundled data (no download) or from the user's files, which are
+read by :mod:`subtune_edge.data.images` (size-checked from the header before any decoding).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from subtune_edge.data.images import check_image, is_image_file
 from subtune_edge.errors import ExportError
+from subtune_edge.runtime import preprocess
 
 SEED = 0
 SEEDED_BATCH = 4
@@ -50,18 +53,25 @@ def sample_images() -> list[tuple[str, np.ndarray]]:
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:
-    """Files given by the user: image files, or folders whose image files are taken (sorted)."""
-    from timm.data.readers.img_extensions import get_img_extensions
+    """Files given by the user: image files, or folders whose image files are taken (sorted).
 
-    extensions = set(get_img_extensions()) | {".bmp", ".webp"}
+    Each file's header is checked (:func:`~subtune_edge.data.images.check_image`), so a missing,
+    non-image or decompression-bomb file is refused before any export work.
+
+    Raises:
+        ExportError: a path that does not exist.
+        DataError: a file that is not a readable image of acceptable size.
+    """
     files: list[Path] = []
     for p in (Path(p) for p in paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in extensions))
+            files.extend(sorted((f for f in p.rglob("*") if f.is_file() and is_image_file(f)), key=str))
         elif p.is_file():
             files.append(p)
         else:
-            raise ExportError(f"verification image {p} does not exist")
+            raise ExportError(f"verification image {p} does not exist; check {{param}}", param="images")
+    for f in files:
+        check_image(f)
     return files
 
 
@@ -80,8 +90,6 @@ def fit_batch(array: np.ndarray, batch: tuple[int, int]) -> list[np.ndarray]:
 def verification_batches(preprocessing: dict, input_size: tuple[int, int], batch: tuple[int, int],
                          images: list[str | Path] | None = None, use_samples: bool = True) -> list[InputBatch]:
     """The seeded batch, then real images (the user's if given, else the bundled samples)."""
-    from subtune_edge.runtime import preprocess
-
     lo, hi = batch
     n = min(max(SEEDED_BATCH, lo), hi)
     batches = [InputBatch("seeded", seeded_batch(n, input_size), f"numpy default_rng({SEED}).standard_normal")]
@@ -89,7 +97,7 @@ def verification_batches(preprocessing: dict, input_size: tuple[int, int], batch
     if images:
         named = [(p.name, p) for p in image_files(images)]
         if not named:
-            raise ExportError(f"no image files in {', '.join(map(str, images))}")
+            raise ExportError(f"no image files in {', '.join(map(str, images))}; check {{param}}", param="images")
     else:
         named = list(sample_images()) if use_samples else []
     if named:

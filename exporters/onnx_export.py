@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import tempfile
 import time
@@ -30,8 +31,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 from onnx import numpy_helper
+from onnx_ir.passes import PassManager
+from onnx_ir.passes.common import (
+    ClearMetadataAndDocStringPass,
+    DeduplicateHashedInitializersPass,
+    IdentityEliminationPass,
+    RemoveUnusedNodesPass,
+)
 from torch import nn
 
 from subtune_edge.errors import ExportError
@@ -147,15 +156,6 @@ def _torch_export(module: nn.Module, path: Path, names: list[str], input_size: t
 def tidy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, int]:
     """Merge equal initializers, drop Identity nodes, dead code and per-node debug metadata (the dynamo
     exporter stores a stack trace per node: ~2% of a small model) with onnx-ir's maintained passes."""
-    import onnx_ir as ir
-    from onnx_ir.passes import PassManager
-    from onnx_ir.passes.common import (
-        ClearMetadataAndDocStringPass,
-        DeduplicateHashedInitializersPass,
-        IdentityEliminationPass,
-        RemoveUnusedNodesPass,
-    )
-
     before_inits = len(model.graph.initializer)
     before_ids = sum(n.op_type == "Identity" for n in model.graph.node)
     irm = ir.from_proto(model)
@@ -237,7 +237,7 @@ def export_onnx(module: nn.Module, path: str | Path, output_names: list[str], in
             _torch_export(module, raw, list(output_names), tuple(input_size), tuple(batch), opset, exporter)
         except Exception as exc:  # the exporters raise many types; all mean "this model did not export"
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            other = "--dynamo" if not dynamo else "the default TorchScript exporter"
+            other = "the dynamo exporter" if not dynamo else "the default TorchScript exporter"
             raise ExportError(f"the {exporter} exporter failed on this model ({msg}); try {other}") from exc
         model = onnx.load(str(raw), load_external_data=True)
     model, merged, identities = tidy(model)
@@ -257,7 +257,6 @@ def export_onnx(module: nn.Module, path: str | Path, output_names: list[str], in
 
 def _version() -> str:
     try:
-        from subtune_edge import __version__
-    except ImportError:  # pragma: no cover - partially installed package
+        return importlib.metadata.version("subtune-edge")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
         return "0"
-    return __version__

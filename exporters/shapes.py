@@ -23,7 +23,7 @@ def output_name(task_name: str) -> str:
 def output_names(task_names: list[str]) -> list[str]:
     """Sanitised output names, refusing duplicates and the input's name (one line naming both)."""
     if not task_names:
-        raise ExportError("no tasks given; pass --tasks a,b,c")
+        raise ExportError("no tasks given; give at least one task to export")
     seen: dict[str, str] = {}
     names = []
     for task in task_names:

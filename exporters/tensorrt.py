@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from subtune_edge.errors import ExportError, RuntimeMissingError
+from subtune_edge.io import atomic_write_bytes
 
 from .shapes import check_batch
 
-INSTALL_HINT = ("--trt needs TensorRT's Python bindings: on a desktop GPU `pip install 'subtune-edge[trt]'` "
+INSTALL_HINT = ("{param} needs TensorRT's Python bindings: on a desktop GPU `pip install 'subtune-edge[trt]'` "
                 "(TensorRT 10/11 wheels), on Jetson flash JetPack 6 and use its python3-libnvinfer (TensorRT 10)")
 DEFAULT_WORKSPACE = 1 << 30            # 1 GiB: enough for the tactics of vision backbones, fits a Jetson Orin Nano
 MIN_MAJOR, MAX_TESTED_MAJOR = 10, 11
@@ -36,15 +37,15 @@ MIN_MAJOR, MAX_TESTED_MAJOR = 10, 11
 def require_tensorrt():
     """The ``tensorrt`` module, or a :class:`RuntimeMissingError` that says how to install it."""
     try:
-        import tensorrt
+        import tensorrt  # optional: TensorRT's bindings install only with the 'trt' extra or JetPack
     except ImportError as exc:
-        raise RuntimeMissingError(INSTALL_HINT) from exc
+        raise RuntimeMissingError(INSTALL_HINT, param="trt") from exc
     return tensorrt
 
 
 def tensorrt_version() -> str | None:
     try:
-        import tensorrt
+        import tensorrt  # optional: as in require_tensorrt
     except ImportError:
         return None
     return str(tensorrt.__version__)
@@ -116,10 +117,7 @@ def _read_timing_cache(config, path: Path):
 
 
 def _write_timing_cache(config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
 
 
 def engine_memory(trt, plan: bytes) -> dict:
@@ -191,7 +189,7 @@ def build_engine(export_dir: str | Path, recipe: BuildRecipe, shapes: dict, *, p
                           f"{(messages or ['see the TensorRT log'])[-1][:240]}")
     _write_timing_cache(config, cache_path)
     plan_bytes = bytes(memoryview(plan))
-    (export_dir / plan_name).write_bytes(plan_bytes)
+    atomic_write_bytes(export_dir / plan_name, plan_bytes)
     return {"file": plan_name, **recipe.to_json(), "profile": {k: list(v) for k, v in shapes.items()},
             "workspace_bytes": int(workspace), "timing_cache": str(cache_path), "timing_cache_reused": cache_reused,
             "build_seconds": round(time.perf_counter() - start, 2), **engine_memory(trt, plan_bytes)}

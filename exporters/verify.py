@@ -24,16 +24,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How far an output may be from its reference and still pass (see the module docstring)."""
+
     name: str
     rel: float          # max abs error allowed, as a fraction of the output scale
     tie: float          # reference margins below tie * scale are near-ties: top-1 may differ there
 
     def to_json(self) -> dict:
         return asdict(self)
-
-    def describe(self) -> str:
-        return (f"{self.name}: max |error| <= {self.rel:g} x output scale, top-1 equal wherever the "
-                f"reference's top-2 margin exceeds {self.tie:g} x scale")
 
 
 FP32 = Tolerance("fp32", rel=1e-4, tie=2e-4)

@@ -45,7 +45,10 @@ def _batch(n, seed=1):
 
 def test_manifest_describes_the_files(exported):
     backbone, tasks, out, manifest = exported
-    assert read_manifest(out) == json.loads((out / "manifest.json").read_text()) == manifest
+    assert read_manifest(out).to_json() == json.loads((out / "manifest.json").read_text()) == manifest
+    typed = read_manifest(out)
+    assert typed.task_names == [t.name for t in tasks] and typed.input.hw == (SIZE, SIZE)
+    assert typed.tasks[0].labels == tuple(tasks[0].labels) and typed.batch.max == 8
     assert [t["name"] for t in manifest["tasks"]] == [t.name for t in tasks]
     assert manifest["input"] == {"name": "input", "dtype": "float32", "layout": "NCHW",
                                  "shape": ["batch", 3, SIZE, SIZE]}

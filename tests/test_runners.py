@@ -3,9 +3,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from subtune_edge.errors import RuntimeMissingError
+from subtune_edge.errors import RuntimeMissingError, SubtuneError
 from subtune_edge.multitask import MultiTaskModel
-from subtune_edge.runners import BACKENDS, OrtRunner, TorchRunner, make_runner, missing_reason, require
+from subtune_edge.runtime import BACKENDS, OrtRunner, TorchRunner, make_runner, missing_reason, require
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
 
@@ -47,7 +47,7 @@ def test_staged_runs_time_and_fetch_the_last_outputs(fused_onnx):
 
 
 def test_missing_input_is_named(fused_onnx):
-    with OrtRunner(fused_onnx[2]) as r, pytest.raises(ValueError, match=r"no value for input\(s\) \['input'\]"):
+    with OrtRunner(fused_onnx[2]) as r, pytest.raises(SubtuneError, match=r"no value for input\(s\) \['input'\]"):
         r.infer({"image": np.zeros((1, 3, SIZE, SIZE), np.float32)})
 
 

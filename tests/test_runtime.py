@@ -12,8 +12,8 @@ from PIL import Image
 from exporters import export_tasks
 from subtune_edge.errors import ExportError, RuntimeMissingError
 from subtune_edge.multitask import TaskModel
-from subtune_edge.runners import missing_reason
-from subtune_edge.runtime import ExportedModel, load_export, preprocess
+from subtune_edge.runtime import ExportedModel, load_export, missing_reason, preprocess
+from subtune_edge.runtime.manifest import manifest_digest
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
 
@@ -131,14 +131,14 @@ def test_changed_files_and_missing_parts_are_refused(export, tmp_path):
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(ExportError, match="model.onnx is changed since export"):
         load_export(copy)
-    with pytest.raises(ExportError, match="export with --fp16"):
+    with pytest.raises(ExportError, match="no model.fp16.onnx; re-export with the 'fp16' option"):
         load_export(out, precision="fp16")
     with pytest.raises(ExportError, match="no manifest.json"):
         load_export(tmp_path)
     with pytest.raises(ExportError, match="unknown device"):
         load_export(out, device="tpu")
     if missing_reason("trt"):
-        with pytest.raises(ExportError, match="--trt"):
+        with pytest.raises(ExportError, match="'trt' option"):
             load_export(out, device="tensorrt")
     with pytest.raises(ExportError, match="does not fit"):
         load_export(out, device="cpu").run(np.zeros((1, 3, SIZE + 1, SIZE), np.float32))
@@ -156,6 +156,7 @@ def test_tensorrt_device_needs_tensorrt(export, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "model.plan").write_bytes(b"not a plan")
     manifest["files"]["model.plan"] = {"sha256": "0" * 64, "bytes": 10}
+    manifest["manifest_sha256"] = manifest_digest(manifest)  # resealed, as the exporter would
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RuntimeMissingError, match="trt needs"):
         load_export(copy, device="tensorrt", check_hashes=False)

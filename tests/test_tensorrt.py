@@ -12,7 +12,7 @@ from exporters.shapes import check_batch, parse_batch
 from exporters.tensorrt import INSTALL_HINT, default_timing_cache, trt_major
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, RuntimeMissingError
-from subtune_edge.runners import missing_reason
+from subtune_edge.runtime import missing_reason
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
 
@@ -80,7 +80,8 @@ def test_trt_without_tensorrt_fails_at_once_with_the_install_hint(tmp_path):
     with pytest.raises(RuntimeMissingError) as exc:
         export_tasks(tasks, tmp_path / "out", trt=True)
     assert time.perf_counter() - start < 1.0
-    assert str(exc.value) == INSTALL_HINT and "pip install 'subtune-edge[trt]'" in INSTALL_HINT
+    assert str(exc.value) == INSTALL_HINT.replace("{param}", "trt") and exc.value.param == "trt"
+    assert "pip install 'subtune-edge[trt]'" in INSTALL_HINT
     assert list(tmp_path.iterdir()) == []
     # the CLI refuses before it even looks for the task files
     result = CliRunner().invoke(main, ["export", "--tasks", "nope", "--task-dir", str(tmp_path), "--out",

@@ -10,8 +10,17 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from exporters import export_tasks
+from exporters.shapes import parse_batch
+from exporters.tensorrt import require_tensorrt
+
 from ..errors import ExportError
+from ..progress import Event
+from ..runtime import Manifest, load_export
+from ..runtime.manifest import check_files, check_graph, raise_for_status, read_manifest
+from ..task import load_tasks
 from ._options import input_size_option, split_csv, task_dir_option, weights_option
+from .model import render_plan
 
 
 def _mb(n: int | None) -> str:
@@ -19,8 +28,6 @@ def _mb(n: int | None) -> str:
 
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
-    from exporters.shapes import parse_batch
-
     try:
         return parse_batch(value)
     except ExportError as exc:
@@ -37,6 +44,8 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--batch", "batch", default="1:32", show_default=True, callback=_batch, metavar="MIN:MAX",
               help="Batch range: N (fixed), MIN:MAX (dynamic) or MIN:OPT:MAX (OPT: the batch TensorRT tunes for).")
 @input_size_option
+@click.option("--allow-resize", "allow_resize", is_flag=True,
+              help="Allow an --input-size other than the one the tasks were prepared at (recorded in the manifest).")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights and compute, float32 I/O).")
 @click.option("--trt", is_flag=True, help="Also build model.plan with TensorRT (needs the 'trt' extra and a GPU).")
 @click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
@@ -50,9 +59,9 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache file, reused across builds (default: ~/.cache/subtune-edge/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
-def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size, fp16: bool,
-           trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool, images: tuple[str, ...],
-           workspace: int, timing_cache: str | None, as_json: bool) -> None:
+def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size,
+           allow_resize: bool, fp16: bool, trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool,
+           images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool) -> None:
     """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
@@ -62,11 +71,6 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
     Example:
       subtune-edge export --tasks digit,parity,ge5 --task-dir demo-out/tasks --out demo-out/export --separate
     """
-    from exporters import export_tasks
-    from exporters.tensorrt import require_tensorrt
-
-    from ..task import load_tasks
-
     if trt:
         require_tensorrt()  # before anything else: a missing TensorRT costs nothing
     names = split_csv(task_list)
@@ -77,8 +81,9 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
     tasks = load_tasks(names, task_dir)
     with console.status("exporting", spinner="dots") as status:
         manifest = export_tasks(tasks, out, weights=weights, opset=opset, batch=batch, input_size=input_size,
-                                fp16=fp16, trt=trt, separate=separate, verify=not no_verify, dynamo=dynamo,
-                                progress=lambda msg: status.update(msg), images=list(images) or None,
+                                allow_resize=allow_resize, fp16=fp16, trt=trt, separate=separate,
+                                verify=not no_verify, dynamo=dynamo,
+                                progress=lambda event: _show(status, event), images=list(images) or None,
                                 workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
@@ -89,6 +94,10 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
     _render_files(console, manifest)
     _render_verification(console, manifest)
     _render_sizes(console, manifest)
+
+
+def _show(status, event: Event) -> None:
+    status.update(event.message)
 
 
 def _render_files(console: Console, manifest: dict, status: dict[str, str] | None = None) -> None:
@@ -162,49 +171,54 @@ def inspect(out: str, as_json: bool) -> None:
     Example:
       subtune-edge inspect demo-out/export
     """
-    from exporters.manifest import check_files, read_manifest, require_intact
-
-    manifest = read_manifest(out)
+    manifest = read_manifest(out, verify_files=False)
     status = check_files(out, manifest)
     if as_json:
-        click.echo(json.dumps({"manifest": manifest, "files_check": status}, indent=2))
+        click.echo(json.dumps({"manifest": manifest.to_json(), "files_check": status}, indent=2))
     else:
-        console = Console()
-        bb = manifest["backbone"]
-        batch = manifest["batch"]
-        console.print(f"[bold]{out}[/]: {len(manifest['tasks'])} task(s) on [bold]{bb['model_name']}[/] "
-                      f"(weights {bb.get('weights')}, fingerprint {bb.get('fingerprint', '')[:12]}…), "
-                      f"created {manifest.get('created', '?')}")
-        shape = manifest["input"]["shape"]
-        pre = manifest["preprocessing"]
-        dims = " x ".join(map(str, shape))
-        console.print(f"input '{manifest['input']['name']}' {manifest['input']['dtype']} {dims}, batch "
-                      f"{batch['min']}..{batch['max']}{' (dynamic)' if batch.get('dynamic') else ' (fixed)'}; "
-                      f"opset {manifest['opset']} ({manifest.get('exporter', '?')} exporter)")
-        console.print(f"preprocessing: resize {pre.get('interpolation')} (crop_pct {pre.get('crop_pct')}, "
-                      f"{pre.get('crop_mode')} crop) to {pre['input_size'][1]}x{pre['input_size'][2]}, "
-                      f"mean {pre.get('mean')}, std {pre.get('std')}")
-        table = Table(title="tasks (outputs in this order)")
-        for col in ("task", "output", "shape", "labels", "tuned units", "mode", "val. acc."):
-            table.add_column(col)
-        for t in manifest["tasks"]:
-            labels = ", ".join(t["labels"][:4]) + (", …" if len(t["labels"]) > 4 else "")
-            units = ",".join(t.get("tuned_units") or []) or "(linear probe)"
-            acc = t.get("val_accuracy")
-            table.add_row(t["name"], t["output"], " x ".join(map(str, t["shape"])), labels or "(indices)",
-                          units if len(units) < 40 else units[:37] + "...", str(t.get("mode", "")),
-                          "" if acc is None else f"{acc:.3f}")
-        console.print(table)
-        _render_files(console, manifest, status)
-        _render_verification(console, manifest)
-        _render_sizes(console, manifest)
-        if manifest.get("plan", {}).get("cost"):
-            from .model import render_plan
+        _render_manifest(Console(), out, manifest, status)
+    raise_for_status(out, status)
+    for rel in manifest.files:
+        if rel.endswith(".onnx"):
+            check_graph(out, manifest, rel)
 
-            render_plan(manifest["plan"], console)
-        versions = ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())
-        console.print(f"versions: {versions}")
-    require_intact(out, manifest)
+
+def _render_manifest(console: Console, out: str, manifest: Manifest, status: dict[str, str]) -> None:
+    bb, batch, spec, pre = manifest.backbone, manifest.batch, manifest.input, manifest.preprocessing
+    info = manifest.info
+    console.print(f"[bold]{out}[/]: {len(manifest.tasks)} task(s) on [bold]{bb['model_name']}[/] "
+                  f"(weights {bb.get('weights')}, fingerprint {(bb.get('fingerprint') or '')[:12]}…), "
+                  f"created {info.get('created', '?')}")
+    dims = " x ".join(map(str, spec.shape))
+    console.print(f"input '{spec.name}' {spec.dtype} {dims}, batch {batch.min}..{batch.max}"
+                  f"{' (dynamic)' if batch.dynamic else ' (fixed)'}; opset {manifest.opset} "
+                  f"({info.get('exporter', '?')} exporter)")
+    console.print(f"preprocessing: resize {pre.interpolation} (crop_pct {pre.crop_pct}, {pre.crop_mode} crop) to "
+                  f"{pre.input_size[1]}x{pre.input_size[2]}, mean {list(pre.mean)}, std {list(pre.std)}")
+    table = Table(title="tasks (outputs in this order)")
+    for col in ("task", "output", "shape", "labels", "tuned units", "mode", "val. acc."):
+        table.add_column(col)
+    for t in manifest.tasks:
+        labels = ", ".join(t.labels[:4]) + (", …" if len(t.labels) > 4 else "")
+        units = ",".join(t.tuned_units) or "(linear probe)"
+        if t.resized_from:
+            units += f" (prepared at {t.resized_from[0]}x{t.resized_from[1]})"
+        table.add_row(t.name, t.output, " x ".join(map(str, t.shape)), labels or "(indices)",
+                      units if len(units) < 40 else units[:37] + "...", t.mode,
+                      "" if t.val_accuracy is None else f"{t.val_accuracy:.3f}")
+    console.print(table)
+    data = manifest.to_json()
+    _render_files(console, data, status)
+    try:
+        _render_verification(console, data)
+        _render_sizes(console, data)
+        if (info.get("plan") or {}).get("cost"):
+            render_plan(info["plan"], console)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ExportError(f"{out}: the manifest's verification / sizes / plan records are malformed "
+                          f"({type(exc).__name__}: {exc}); re-export") from None
+    versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items())
+    console.print(f"versions: {versions}")
 
 
 @click.command()
@@ -225,8 +239,6 @@ def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: boo
     Example:
       subtune-edge predict demo-out/export photo1.jpg photo2.png --topk 2
     """
-    from ..runtime import load_export
-
     if topk < 1:
         raise click.BadParameter("must be at least 1", param_hint="--topk")
     with load_export(out, device=device, precision="fp16" if fp16 else "fp32") as model:

@@ -1,0 +1,170 @@
+"""One runner per runtime behind one small interface, in the shape of Polygraphy's runners.
+
+Export verification, ``load_export`` and the benchmark harness all run models the same way::
+
+    with OrtRunner("model.onnx", device="cpu") as runner:
+        outputs = runner.infer({"input": batch})          # name -> numpy array
+
+Timing code uses the staged path instead, so that host copies stay out of the measurement the
+way a deployed app keeps them out (ORT IOBinding, device buffers for TensorRT and torch)::
+
+    runner.stage(feed)            # inputs to where the runtime wants them, once
+    ms = runner.run_staged()      # one inference on the staged inputs, completed; returns ms
+    outputs = runner.fetch()      # outputs of the last run, as numpy
+
+Sessions and engines are created lazily in ``activate()`` so that a runner is cheap to build and
+memory can be measured around activation. A runtime that is not installed is reported by
+:func:`missing_reason` with the install hint, never by an ImportError deep inside. Each runtime
+lives in its own module (:mod:`.onnxruntime`, :mod:`.torch`, :mod:`.tensorrt`);
+:func:`subtune_edge.runtime.factory.make_runner` picks one by backend name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ..errors import RuntimeMissingError, SubtuneError
+
+BACKENDS = ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+
+
+def _ort_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def missing_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run here, with what to install.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+
+    Returns:
+        One line naming what is missing, or ``None`` when the backend can run on this machine.
+    """
+    if backend not in BACKENDS:
+        return f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}"
+    if backend in ("torch-cuda", "trt") and not torch.cuda.is_available():
+        return f"{backend} needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here)"
+    if backend == "ort-cuda" and "CUDAExecutionProvider" not in _ort_providers():
+        return "ort-cuda needs onnxruntime-gpu with a CUDA GPU: pip install 'subtune-edge[gpu]'"
+    if backend == "ort-trt" and "TensorrtExecutionProvider" not in _ort_providers():
+        return "ort-trt needs onnxruntime-gpu built with TensorRT and the TensorRT libraries on the library path"
+    if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
+        return ("trt needs TensorRT's Python bindings: pip install 'subtune-edge[trt]' on a desktop GPU, "
+                "or JetPack's python3-libnvinfer on Jetson")
+    return None
+
+
+def require(backend: str) -> None:
+    """Refuse a backend this machine cannot run, before any work is spent on it.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+
+    Raises:
+        RuntimeMissingError: the runtime (or the GPU it needs) is missing; the message says what to install.
+    """
+    reason = missing_reason(backend)
+    if reason:
+        raise RuntimeMissingError(reason)
+
+
+class Runner(ABC):
+    """Run one model on one runtime. Use as a context manager (activate / deactivate)."""
+
+    name = "runner"
+
+    def __init__(self) -> None:
+        self.is_active = False
+        self._staged: dict | None = None
+        self._last: dict[str, np.ndarray] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def activate(self) -> Runner:
+        """Create the session / engine (once); a second call is free."""
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        """Release the session / engine and the staged buffers."""
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+            self._staged = None
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- inference -------------------------------------------------------------------------------
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One inference: input name -> array in, output name -> numpy array out.
+
+        Args:
+            feed: a value for every input of the model, by name.
+
+        Returns:
+            Every output of the model, by name, on the host.
+
+        Raises:
+            SubtuneError: an input has no value in ``feed``.
+        """
+        self.stage(feed)
+        self.run_staged()
+        return self.fetch()
+
+    def stage(self, feed: dict[str, np.ndarray]) -> None:
+        """Put the inputs where the runtime reads them (a GPU buffer, an IOBinding), for timed runs."""
+        self.activate()
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise SubtuneError(f"{self.name}: no value for input(s) {missing}; the model's inputs are "
+                               f"{self.input_names}")
+        self._staged = self._stage({n: np.ascontiguousarray(feed[n]) for n in self.input_names})
+
+    def run_staged(self) -> float:
+        """Run once on the staged inputs; returns milliseconds, measured after completion."""
+        if self._staged is None:
+            raise RuntimeError(f"{self.name}: call stage(feed) before run_staged()")
+        return self._run(self._staged)
+
+    def fetch(self) -> dict[str, np.ndarray]:
+        """The outputs of the last run, as numpy arrays by output name."""
+        return self._fetch()
+
+    def memory(self) -> dict:
+        """Runtime-reported memory (bytes) where the runtime reports it; empty otherwise."""
+        return {}
+
+    # -- what each runtime implements -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def input_names(self) -> list[str]: ...
+
+    @property
+    @abstractmethod
+    def output_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:  # noqa: B027 - most runtimes free everything on garbage collection
+        """Release the session/engine; optional."""
+
+    @abstractmethod
+    def _stage(self, feed: dict[str, np.ndarray]): ...
+
+    @abstractmethod
+    def _run(self, staged) -> float: ...
+
+    @abstractmethod
+    def _fetch(self) -> dict[str, np.ndarray]: ...

@@ -1,0 +1,184 @@
+"""Use an export from Python: ``load_export(DIR)`` -> a model that takes images or arrays.
+
+This is what users check an export with before they embed it, and the reference the C++ runner
+is compared against, so it does exactly what ``exporters/FORMAT.md`` tells an app to do (see
+:mod:`.preprocess`), then one run of the fused graph, whose outputs come back by task name::
+
+    model = subtune_edge.load_export("out")
+    logits = model(["cat.jpg", "dog.jpg"])          # {"digit": array[2, 10], "parity": ...}
+    model.predict(["cat.jpg"], topk=3)              # [{"digit": [("3", 0.91), ...], ...}]
+
+The graph runs on ONNX Runtime (CUDA provider when onnxruntime-gpu sees a GPU, else CPU), or on
+the TensorRT plan with ``device="tensorrt"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError
+from .base import Runner, missing_reason, require
+from .manifest import Manifest, TaskOutput, read_manifest
+from .onnxruntime import OrtRunner
+from .preprocess import preprocess, softmax
+from .tensorrt import TrtRunner
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+#: the export option that writes each optional file, for the message when it is missing
+_MADE_BY = {"model.plan": "trt", "model.fp16.onnx": "fp16"}
+
+
+class ExportedModel:
+    """An export directory loaded for inference; a context manager that releases the session.
+
+    Built by :func:`load_export`. ``tasks`` are the manifest's :class:`TaskOutput` records in
+    output order; ``manifest`` is the checked :class:`Manifest`.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, runner: Runner, file: str):
+        self.path, self.manifest, self.runner, self.file = Path(path), manifest, runner, file
+        self.tasks: list[TaskOutput] = list(manifest.tasks)
+        self.preprocessing = manifest.preprocessing
+        self.input_name = manifest.input.name
+        self.batch_min, self.batch_max = manifest.batch.min, manifest.batch.max
+        self.input_hw = manifest.input.hw
+        self._checked = False
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def activate(self) -> ExportedModel:
+        """Create the session / engine and check it has the manifest's input and outputs."""
+        self.runner.activate()
+        if not self._checked:
+            missing = [t.output for t in self.tasks if t.output not in self.runner.output_names]
+            if missing or self.input_name not in self.runner.input_names:
+                self.runner.deactivate()
+                what = f"output(s) {missing}" if missing else f"input '{self.input_name}'"
+                raise ExportError(f"{self.path / self.file} has no {what} that its manifest lists; re-export")
+            self._checked = True
+        return self
+
+    def __enter__(self) -> ExportedModel:
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the session / engine."""
+        self.runner.deactivate()
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """Images -> this export's NCHW float32 input, with the manifest's preprocessing."""
+        return preprocess(images, self.preprocessing)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """An NCHW float32 batch of any size -> {task name: logits}; split / padded to the batch range.
+
+        Raises:
+            ExportError: the batch is not ``[N, 3, H, W]`` at this export's size.
+        """
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != self.input_hw:
+            raise ExportError(f"input of shape {batch.shape} does not fit this export's "
+                              f"[N, 3, {self.input_hw[0]}, {self.input_hw[1]}]")
+        n = len(batch)
+        if n == 0:
+            return {t.name: np.zeros((0, t.num_classes), np.float32) for t in self.tasks}
+        self.activate()
+        parts: dict[str, list[np.ndarray]] = {t.name: [] for t in self.tasks}
+        for start in range(0, n, self.batch_max):
+            chunk = batch[start:start + self.batch_max]
+            size = len(chunk)
+            if size < self.batch_min:  # a fixed-batch export: pad with copies, trim afterwards
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_min - size, axis=0)])
+            out = self.runner.infer({self.input_name: np.ascontiguousarray(chunk)})
+            for t in self.tasks:
+                parts[t.name].append(np.asarray(out[t.output], dtype=np.float32)[:size])
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def __call__(self, inputs) -> dict[str, np.ndarray]:
+        """Images (paths, PIL images, HxWxC uint8 arrays, or a list of them; an NxHxWxC uint8 batch) or a
+        preprocessed NCHW float32 batch -> {task name: logits}."""
+        if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+            # float NCHW: already preprocessed; uint8 NHWC: a batch of decoded images
+            return self.run(inputs) if inputs.dtype != np.uint8 else self.run(self.preprocess(list(inputs)))
+        if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Sequence):
+            inputs = [inputs]
+        return self.run(self.preprocess(inputs))
+
+    def predict(self, inputs, topk: int = 5) -> list[dict[str, list[tuple[str, float]]]]:
+        """Per image, per task: the top-k (label, softmax score) pairs, best first."""
+        logits = self(inputs)
+        n = len(next(iter(logits.values())))
+        results: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(n)]
+        for t in self.tasks:
+            probs = softmax(logits[t.name].astype(np.float64))
+            k = max(1, min(topk, t.num_classes))
+            order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+            for i in range(n):
+                results[i][t.name] = [(t.label(int(c)), float(probs[i, c])) for c in order[i]]
+        return results
+
+    def __repr__(self) -> str:
+        return (f"ExportedModel({str(self.path)!r}, file={self.file!r}, runner={self.runner.name}, "
+                f"tasks={self.task_names})")
+
+
+def _pick_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ExportError(f"unknown {{param}} '{device}'; choose from {', '.join(DEVICES)}", param="device")
+    if device != "auto":
+        return device
+    return "cuda" if missing_reason("ort-cuda") is None else "cpu"
+
+
+def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
+                threads: int | None = None, check_hashes: bool = True) -> ExportedModel:
+    """Load an export directory written by ``subtune-edge export`` for inference.
+
+    The manifest is checked whole (schema, its own content hash, paths), and the file that will
+    run is re-hashed and its graph checked against the manifest, so an edited or swapped export
+    is refused before it runs.
+
+    Args:
+        path: the export folder.
+        device: ``auto`` (ONNX Runtime's CUDA provider where available, else CPU), ``cpu``,
+            ``cuda``, or ``tensorrt`` (the ``model.plan`` engine).
+        precision: ``fp32`` runs ``model.onnx``, ``fp16`` runs ``model.fp16.onnx`` (exported with
+            ``fp16=True``).
+        threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
+        check_hashes: re-hash the file that will run (turn off only for files you just checked).
+
+    Returns:
+        An :class:`ExportedModel`; use it as a context manager to release the session.
+
+    Raises:
+        ExportError: not an export, an invalid or edited manifest, a changed or missing file, an
+            unknown device or precision.
+        RuntimeMissingError: the runtime for ``device`` is not installed.
+    """
+    root = Path(path)
+    device = _pick_device(device)
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown {{param}} '{precision}'; choose fp32 or fp16", param="precision")
+    if device == "tensorrt":
+        file = "model.plan"
+    else:
+        file = "model.onnx" if precision == "fp32" else "model.fp16.onnx"
+    manifest = read_manifest(root, verify_files=[file] if check_hashes else False)
+    if file not in manifest.files:
+        raise ExportError(f"{root} has no {file}; re-export with the '{_MADE_BY.get(file, file)}' option to get it")
+    if device == "tensorrt":
+        require("trt")
+        runner: Runner = TrtRunner(root / file)
+    else:
+        runner = OrtRunner(root / file, device=device, threads=threads)
+    return ExportedModel(root, manifest, runner, file)

@@ -1,0 +1,112 @@
+"""ONNX Runtime: CPU, CUDA (inputs and outputs bound on the device) and the TensorRT provider."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .base import Runner, require
+
+DEVICES = {"cpu": "ort-cpu", "cuda": "ort-cuda", "trt": "ort-trt"}
+
+
+def default_trt_cache() -> Path:
+    """Where the TensorRT provider caches its engines: one folder per user (engines are keyed by model)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "subtune-edge" / "ort-trt-cache"
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime on CPU, CUDA (IOBinding) or its TensorRT execution provider.
+
+    Sessions are created with ``session.intra_op.allow_spinning=0`` so that several sessions in one
+    process (the benchmark's separate copies) do not steal each other's cores while idle.
+
+    Args:
+        path: the ``.onnx`` file (external data beside it is found by ONNX Runtime).
+        device: ``cpu``, ``cuda`` or ``trt`` (the TensorRT execution provider).
+        threads: intra-op threads; ``None`` lets ONNX Runtime choose.
+        trt_cache: where the TensorRT provider caches engines (default: the user's cache folder, never the
+            export folder, whose manifest lists every file in it).
+        trt_fp16: let the TensorRT provider use fp16 kernels.
+        spinning: keep ONNX Runtime's idle spinning (fastest for one session alone on the machine).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+                 trt_cache: str | Path | None = None, trt_fp16: bool = False, spinning: bool = False):
+        super().__init__()
+        if device not in DEVICES:
+            raise ValueError(f"unknown ONNX Runtime device '{device}'; choose from {', '.join(DEVICES)}")
+        self.path, self.device, self.threads = Path(path), device, threads
+        self.trt_cache, self.trt_fp16, self.spinning = trt_cache, trt_fp16, spinning
+        self.name = DEVICES[device]
+        self.session = None
+        self._io = None
+
+    def providers(self) -> list:
+        """The execution providers in the order ONNX Runtime should try them."""
+        if self.device == "cpu":
+            return ["CPUExecutionProvider"]
+        cuda = ("CUDAExecutionProvider", {"device_id": 0})
+        if self.device == "cuda":
+            return [cuda, "CPUExecutionProvider"]
+        trt_opts = {"trt_engine_cache_enable": True, "trt_fp16_enable": self.trt_fp16,
+                    "trt_engine_cache_path": str(self.trt_cache or default_trt_cache())}
+        return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+
+    def _activate(self) -> None:
+        require(self.name)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers())
+        self._io = self.session.io_binding() if self.device != "cpu" else None
+
+    def _deactivate(self) -> None:
+        self.session = None
+        self._io = None
+
+    @property
+    def input_names(self) -> list[str]:
+        self.activate()
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        self.activate()
+        return [o.name for o in self.session.get_outputs()]
+
+    def _stage(self, feed):
+        if self._io is None:
+            return feed
+        self._io.clear_binding_inputs()
+        self._io.clear_binding_outputs()
+        values = {n: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for n, a in feed.items()}
+        for n, v in values.items():
+            self._io.bind_ortvalue_input(n, v)
+        for n in self.output_names:
+            self._io.bind_output(n, "cuda", 0)
+        return values  # keep the device buffers alive
+
+    def _run(self, staged) -> float:
+        start = time.perf_counter()
+        if self._io is None:
+            self._last = dict(zip(self.output_names, self.session.run(None, staged)))
+        else:
+            self._io.synchronize_inputs()
+            self.session.run_with_iobinding(self._io)
+            self._io.synchronize_outputs()
+        return (time.perf_counter() - start) * 1e3
+
+    def _fetch(self):
+        if self._io is not None:
+            return dict(zip(self.output_names, self._io.copy_outputs_to_cpu()))
+        return dict(self._last or {})
