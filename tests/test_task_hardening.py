@@ -289,3 +289,27 @@ def test_task_files_honour_the_umask(tmp_path, task, umask, mode):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode
+
+
+# -- export: the same refusals, before any work, nothing written ------------------------------------
+def test_export_refuses_a_task_with_foreign_model_args_before_any_work(tmp_path, saved):
+    _rewrite_metadata(saved, _set({"checkpoint_path": str(tmp_path / "any.pt")}, "backbone", "model_args"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", "--tasks", "cats", "--task-dir", str(saved.parent), "--out", str(out)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model argument 'checkpoint_path' is not one subtune-edge writes" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".out*")) and "Traceback" not in result.output
+
+
+def test_export_never_opens_a_weights_file_named_in_a_task(tmp_path, resnet, evil):
+    path, ran = evil
+    _task_on_weights_file(tmp_path, resnet, path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", "--tasks", "cats", "--task-dir", str(tmp_path / "tasks"),
+                                       "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: task 'cats' was trained on the weights file {path}; a task file never opens a file by itself: "
+        "pass that file again as --weights"]
+    assert not out.exists() and not list(tmp_path.glob(".out*")) and not ran.exists()
