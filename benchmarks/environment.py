@@ -9,6 +9,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import onnxruntime as ort
+import torch
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -39,10 +42,7 @@ def jetson_model() -> str | None:
 
 
 def gpus() -> list[dict]:
-    try:
-        import torch
-    except ImportError:
-        return []
+    """The CUDA GPUs PyTorch sees: name, memory, compute capability."""
     if not torch.cuda.is_available():
         return []
     out = []
@@ -54,7 +54,7 @@ def gpus() -> list[dict]:
 
 def driver_version() -> str | None:
     try:
-        import pynvml
+        import pynvml  # optional: nvidia-ml-py, the [gpu] extra
 
         pynvml.nvmlInit()
         v = pynvml.nvmlSystemGetDriverVersion()
@@ -64,15 +64,11 @@ def driver_version() -> str | None:
 
 
 def describe() -> dict:
-    import onnxruntime as ort
+    """Everything a result depends on besides the model: host, CPU, GPUs, driver, library versions.
 
-    torch_cuda = None
-    try:
-        import torch
-
-        torch_cuda = torch.version.cuda
-    except ImportError:
-        pass
+    Returns:
+        results.json's ``environment`` (JSON types).
+    """
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -83,7 +79,7 @@ def describe() -> dict:
         "jetson": jetson_model(),
         "gpus": gpus(),
         "driver": driver_version(),
-        "cuda": torch_cuda,
+        "cuda": torch.version.cuda,
         "onnxruntime_providers": ort.get_available_providers(),
         "versions": {d: _version(d) for d in ("subtune-edge", "torch", "timm", "onnx", "onnxruntime",
                                                "onnxruntime-gpu", "tensorrt", "numpy")},

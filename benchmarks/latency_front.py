@@ -21,11 +21,10 @@ from benchmarks import environment
 from benchmarks.device_costs import measure_device_costs
 from benchmarks.harness import Budget
 from subtune_edge.backbone import BackboneSpec, model_args_for_input
-from subtune_edge.search.latency import LatencyTable, front_report, plot_front
 from subtune_edge.data import DataSpec
-from subtune_edge.search import RunLog
 from subtune_edge.io import atomic_write_bytes
-from subtune_edge.search import GreedyConfig, SearchSetup, greedy_select
+from subtune_edge.search import GreedyConfig, RunLog, SearchSetup, greedy_select
+from subtune_edge.search.latency import LatencyTable, front_report, plot_front
 from subtune_edge.train import TrainConfig
 
 MODEL = "tf_efficientnet_lite0"

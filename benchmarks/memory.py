@@ -25,7 +25,7 @@ def rss_bytes() -> int:
 def nvml_used_bytes(index: int = 0) -> int | None:
     """Device memory in use on GPU ``index`` by NVML (nvidia-ml-py), or None where NVML is absent."""
     try:
-        import pynvml
+        import pynvml  # optional: nvidia-ml-py, the [gpu] extra
     except ImportError:
         return None
     try:

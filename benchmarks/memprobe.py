@@ -11,6 +11,7 @@ child does not pay for PyTorch::
 
 from __future__ import annotations
 
+import ctypes
 import json
 import subprocess
 import sys
@@ -38,8 +39,6 @@ def _trim() -> None:
     """Hand freed heap back to the OS (glibc), so RSS counts live memory, not the model file's
     protobuf copy that was parsed and freed while the session was built."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -63,6 +62,8 @@ def _session(ort, model, backend: str, threads: int):
 
 
 def main(argv: list[str]) -> None:
+    """The child: sessions for ``models``, one run each, then print the RSS growth as JSON."""
+    # imported here, in the child only: the parent (the harness) imports this module for probe()
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper

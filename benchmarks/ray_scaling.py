@@ -29,9 +29,7 @@ import torch
 
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
-from subtune_edge.search import LocalExecutor, RunLog
-from subtune_edge.search import RayExecutor
-from subtune_edge.search import SearchSetup, finetuning_profile
+from subtune_edge.search import LocalExecutor, RayExecutor, RunLog, SearchSetup, finetuning_profile
 from subtune_edge.train import TrainConfig, get_backbone, get_data
 
 from .environment import cpu_name

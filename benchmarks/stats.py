@@ -9,6 +9,8 @@ import numpy as np
 
 @dataclass
 class Summary:
+    """Latency statistics of one side of one measurement point, in milliseconds."""
+
     n: int
     median_ms: float
     p90_ms: float

@@ -38,8 +38,7 @@ import torch
 
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
-from subtune_edge.search import LocalExecutor, RunLog
-from subtune_edge.search import Evaluator, GreedyConfig, SearchSetup, greedy_select
+from subtune_edge.search import Evaluator, GreedyConfig, LocalExecutor, RunLog, SearchSetup, greedy_select
 from subtune_edge.train import TrainConfig, device_name, get_backbone, get_data
 
 from .cuda_train_step import prepare, summary
