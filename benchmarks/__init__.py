@@ -4,12 +4,12 @@
 machines they came from live in ``benchmarks/results/``.
 """
 
-from .harness import BenchConfig, Budget, Harness, ideal_ratio, prune_outputs
-from .report import SCHEMA, markdown, plots, write_report
-from .run import run_bench, run_suite
+from .harness import BenchConfig, Budget, Harness, prune_outputs
+from .report import SCHEMA, check_results_dir, is_results_dir, markdown, plots, write_report
+from .run import load_bench_tasks, run_bench, run_suite
 from .stats import Summary, added_per_task, summarize
 from .suites import Suite, available, load_suite
 
-__all__ = ["BenchConfig", "Budget", "Harness", "ideal_ratio", "prune_outputs", "SCHEMA", "markdown", "plots",
-           "write_report", "run_bench", "run_suite", "Summary", "added_per_task", "summarize", "Suite",
-           "available", "load_suite"]
+__all__ = ["BenchConfig", "Budget", "Harness", "prune_outputs", "SCHEMA", "check_results_dir",
+           "is_results_dir", "markdown", "plots", "write_report", "load_bench_tasks", "run_bench", "run_suite",
+           "Summary", "added_per_task", "summarize", "Suite", "available", "load_suite"]

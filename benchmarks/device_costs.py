@@ -18,16 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters import export_onnx
 from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.cost import branch_flops, branch_units, unit_costs
+from subtune_edge.errors import SubtuneError
+from subtune_edge.multitask import MultiTaskModel
+from subtune_edge.progress import Progress, emit
+from subtune_edge.runtime import make_runner, require
 from subtune_edge.search.latency import COSTS_FORMAT as FORMAT
 from subtune_edge.search.latency import read_cost_table
-from subtune_edge.cost import unit_costs
-from subtune_edge.multitask import MultiTaskModel
-from subtune_edge.runners import make_runner, require
 from subtune_edge.synthetic import synthetic_task
 
 from . import environment
-from .harness import Budget, ProgressFn, measure_pair, prune_outputs
+from .harness import Budget, measure_pair, prune_outputs
 from .stats import summarize
 
 FORMAT_VERSION = 1
@@ -39,8 +42,6 @@ def _runners(backend: str, backbone, trunk, module: MultiTaskModel, size: tuple[
     """(with-branch runner, trunk-only runner) for one branch point."""
     outputs = ["trunk", "branch"]
     if backend.startswith("ort"):
-        from exporters import export_onnx
-
         full = work / f"{tag}.onnx"
         export_onnx(module, full, outputs, size, (batch, batch))
         base = prune_outputs(full, ["trunk"], work / f"{tag}_trunk.onnx")
@@ -53,21 +54,42 @@ def _runners(backend: str, backbone, trunk, module: MultiTaskModel, size: tuple[
 def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: int = 1,
                          input_size: tuple[int, int] | None = None, weights: str = "random",
                          threads: int | None = None, budget: Budget | None = None, units: list[str] | None = None,
-                         progress: ProgressFn | None = None) -> dict:
-    """Measure the added latency of a branch at every unit of ``model_name`` on ``backend``."""
+                         progress: Progress | None = None) -> dict:
+    """Measure the added latency of a branch at every unit of ``model_name`` on ``backend``.
+
+    Args:
+        model_name: a timm model name.
+        backend: where to measure (``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``torch-cpu``, ``torch-cuda``).
+        batch: the batch size to measure at.
+        input_size: (H, W); default the model's pretrained config.
+        weights: the weights to build the graphs with (latency does not depend on their values).
+        threads: intra-op threads (recorded).
+        budget: when each unit's measurement stops.
+        units: only these units; default all.
+        progress: receives an :class:`~subtune_edge.progress.Event` (stage ``"profile-device"``) per unit.
+
+    Returns:
+        The cost table (``subtune-edge.costs`` format): one row per unit with its added latency,
+        branch FLOPs and bytes, and where it was measured.
+
+    Raises:
+        SubtuneError: the backend cannot run here, bad settings, or an unknown model or unit.
+    """
     require(backend)
-    budget = budget or Budget(warmup=2, min_runs=10, max_runs=100, seconds=2.0)
+    if not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
+        raise SubtuneError(f"{{param}} must be a positive integer, got {batch!r}", param="batch")
+    budget = (budget or Budget(warmup=2, min_runs=10, max_runs=100, seconds=2.0)).check()
     backbone = create_backbone(model_name, weights, **model_args_for_input(model_name, input_size))
     size = tuple(input_size or backbone.data_config["input_size"][1:])
     names = units or backbone.unit_names
     table = {c.name: c for c in unit_costs(backbone, size)}
+    flops = {name: c.flops for name, c in table.items()}
     trunk = synthetic_task(backbone, "trunk", [], HEAD_CLASSES, seed=0, input_size=size)
     x = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
     rows = []
     with tempfile.TemporaryDirectory(prefix="device-costs-") as tmp:
         for i, unit in enumerate(names):
-            if progress:
-                progress(f"{backend}: branch at {unit}", i, len(names))
+            emit(progress, "profile-device", f"{backend}: branch at {unit}", i, len(names), unit=unit)
             branch = synthetic_task(backbone, "branch", [unit], HEAD_CLASSES, seed=i + 1, input_size=size)
             module = MultiTaskModel(backbone, [trunk, branch])
             with_branch, trunk_only = _runners(backend, backbone, trunk, module, size, batch, threads, Path(tmp),
@@ -79,21 +101,20 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
             finally:
                 with_branch.deactivate()
                 trunk_only.deactivate()
-            start = backbone.unit_index(unit)
-            tail = backbone.unit_names[start:]
+            tail = branch_units(backbone.unit_names, [unit])
+            start = len(backbone.unit_names) - len(tail)
             fa, fb = summarize(a, batch), summarize(b, batch)
             rows.append({
                 "unit": unit, "index": start,
                 "added_ms": fa.median_ms - fb.median_ms,
                 "added_ms_p90": fa.p90_ms - fb.median_ms,
                 "with_branch_ms": fa.median_ms, "trunk_only_ms": fb.median_ms,
-                "branch_flops": sum(table[u].flops for u in tail) + table["neck+pool"].flops
+                "branch_flops": branch_flops(flops, backbone.unit_names, [unit])
                 + 2 * backbone.num_features * HEAD_CLASSES,
                 "unit_bytes": table[unit].bytes, "unit_params": table[unit].params,
                 "bytes_if_tail_tuned": sum(table[u].bytes for u in tail),
             })
-    if progress:
-        progress("done", len(names), len(names))
+    emit(progress, "profile-device", "done", len(names), len(names))
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": model_name, "weights": weights, "input_size": list(size), "batch": batch, "backend": backend,
@@ -104,3 +125,4 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
 
 
 read_costs = read_cost_table
+"""Read a cost table written by :func:`measure_device_costs` (the reader lives with its users, in core)."""

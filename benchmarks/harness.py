@@ -15,78 +15,124 @@ the torch backends build the k-task ``MultiTaskModel`` directly.
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx.utils
 
-from subtune_edge.errors import ExportError
-from subtune_edge.runners import Runner, make_runner, missing_reason
+from subtune_edge.cost import ideal_ratio, plan_from_json, size_of
+from subtune_edge.errors import ExportError, SubtuneError
+from subtune_edge.multitask import MultiTaskModel, SharingPlan, TaskModel
+from subtune_edge.progress import Progress, emit
+from subtune_edge.runtime import Manifest, Runner, TaskOutput, make_runner, missing_reason, read_manifest
 
 from .memory import TegrastatsSampler, nvml_used_bytes, rss_bytes
 from .memprobe import probe
 from .stats import added_per_task, summarize
 
+log = logging.getLogger(__name__)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
 
 @dataclass
 class Budget:
-    """When a measurement point stops: at least ``min_runs`` and ``seconds``, at most ``max_runs``."""
+    """When one measurement point stops: after at least ``min_runs`` rounds *and* ``seconds``, or at
+    ``max_runs`` rounds, whichever comes first.
 
-    warmup: int = 3
-    min_runs: int = 10
-    max_runs: int = 200
-    seconds: float = 10.0
+    A time budget alone would give a slow backend a handful of samples and a fast one thousands;
+    the round bounds keep tail percentiles meaningful on both.
+    """
+
+    warmup: int = field(default=3, metadata={"help": "untimed rounds first (arenas, autotuning, caches)"})
+    min_runs: int = field(default=10, metadata={"help": "timed rounds at least, whatever the time budget"})
+    max_runs: int = field(default=200, metadata={"help": "timed rounds at most"})
+    seconds: float = field(default=10.0, metadata={"help": "time to keep measuring once min_runs are done"})
+
+    def check(self) -> Budget:
+        """Refuse a budget that cannot produce a measurement.
+
+        Returns:
+            The budget itself.
+
+        Raises:
+            SubtuneError: a negative warm-up or time, fewer than one timed round, or max below min.
+        """
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise SubtuneError(f"budget warmup must be an integer >= 0, got {self.warmup!r}", param="budget")
+        if not (_positive_int(self.min_runs) and _positive_int(self.max_runs) and self.min_runs <= self.max_runs):
+            raise SubtuneError(f"budget needs integers 1 <= min_runs <= max_runs, got {self.min_runs!r} and "
+                               f"{self.max_runs!r}", param="budget")
+        if not (isinstance(self.seconds, (int, float)) and self.seconds >= 0):
+            raise SubtuneError(f"budget seconds must be a number >= 0, got {self.seconds!r}", param="seconds")
+        return self
 
 
 @dataclass
 class BenchConfig:
-    backends: list[str] = field(default_factory=lambda: ["ort-cpu"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1])
-    threads: int | None = None
-    budget: Budget = field(default_factory=Budget)
-    max_tasks: int | None = None
-    seed: int = 0
+    """What to measure: which backends and batch sizes, on how many of the export's tasks.
+
+    Recorded as ``settings`` in results.json, so a result says how it was taken.
+    """
+
+    backends: list[str] = field(default_factory=lambda: ["ort-cpu"], metadata={
+        "help": "torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt; one missing here is "
+                "skipped with the reason"})
+    batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "positive batch sizes"})
+    threads: int | None = field(default=None, metadata={"help": "intra-op threads per session; None: runtime's"})
+    budget: Budget = field(default_factory=Budget, metadata={"help": "when each measurement point stops"})
+    max_tasks: int | None = field(default=None, metadata={"help": "measure k = 1..N for the first N tasks only"})
+    seed: int = field(default=0, metadata={"help": "seed of the random input batch"})
+
+    def check(self) -> BenchConfig:
+        """Refuse settings no measurement can be taken with, naming the field.
+
+        Returns:
+            The config itself.
+
+        Raises:
+            SubtuneError: no backend, a batch size that is not a positive integer, ``threads`` or
+                ``max_tasks`` below 1, or a bad :class:`Budget`.
+        """
+        if not self.backends or not all(isinstance(b, str) and b for b in self.backends):
+            raise SubtuneError(f"{{param}} must name at least one backend, got {self.backends!r}", param="backends")
+        if not self.batch_sizes or not all(_positive_int(b) for b in self.batch_sizes):
+            raise SubtuneError(f"{{param}} must be positive integers, got {self.batch_sizes!r}", param="batch_sizes")
+        for name in ("threads", "max_tasks"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise SubtuneError(f"{{param}} must be a positive integer, got {value!r}", param=name)
+        self.budget.check()
+        return self
 
     def to_json(self) -> dict:
+        """The config as JSON types (results.json's ``settings``)."""
         return asdict(self)
 
 
 VARIANTS = ("compile", "graphs")
-ProgressFn = Callable[[str, int, int], None]  # (label, done, total)
-
-
-def read_manifest(export_dir: Path) -> dict:
-    """The export's manifest, parsed and validated by the exporter's own reader."""
-    from exporters.manifest import read_manifest as read_export_manifest
-
-    if not (Path(export_dir) / "manifest.json").is_file():
-        raise ExportError(f"{export_dir} has no manifest.json; create it with `subtune-edge export --separate`")
-    return read_export_manifest(export_dir)
-
-
-def ideal_ratio(plan: dict, k: int) -> float | None:
-    """FLOPs of a k-task fused graph over k separate models, from the plan's per-unit costs."""
-    cost = plan.get("cost") or {}
-    if not cost.get("units"):
-        return None
-    units = {u["name"]: u["flops"] for u in cost["units"]}
-    names = plan["unit_names"]
-    branches = plan["branches"][:k]
-    n = len(names)
-    trunk_end = n if any(b["siamese"] or b["start"] == n for b in branches) else max(b["start"] for b in branches)
-    fused = units["stem"] + sum(units[u] for u in names[:trunk_end])
-    fused += sum(cost["branches"][b["task"]]["flops"] for b in branches)
-    separate = sum(cost["separate_per_task"][b["task"]]["flops"] for b in branches)
-    return fused / separate if separate else None
 
 
 def prune_outputs(model_path: Path, outputs: list[str], out_path: Path) -> Path:
-    """The sub-graph of ``model_path`` that computes only ``outputs`` (dead trunk and branches dropped)."""
-    import onnx.utils
+    """Write the sub-graph of ``model_path`` that computes only ``outputs``.
 
+    Dead trunk units and the other tasks' branches drop out, so a k-task subset is measured at
+    exactly the depth and width a k-task export would have.
+
+    Args:
+        model_path: the fused ``model.onnx``.
+        outputs: the output names to keep (task names).
+        out_path: where to write the pruned graph.
+
+    Returns:
+        ``out_path``.
+    """
     onnx.utils.extract_model(str(model_path), str(out_path), ["input"], outputs, check_model=True)
     return out_path
 
@@ -96,7 +142,19 @@ def _time_round(runners: list[Runner]) -> float:
 
 
 def measure_pair(fused: list[Runner], separate: list[Runner], budget: Budget) -> tuple[list[float], list[float]]:
-    """Alternate one fused round and one separate round until the budget is spent."""
+    """Alternate one fused round and one separate round until the budget is spent.
+
+    Alternating, rather than measuring one side after the other, makes drift (clock boosts,
+    thermal throttling, other load) hit both sides alike, so their ratio stays honest.
+
+    Args:
+        fused: the runners of the fused side (staged already); a round runs each once.
+        separate: the runners of the separate side (staged already).
+        budget: warm-up and stopping rule.
+
+    Returns:
+        ``(fused_ms, separate_ms)``: one latency per round and side, in milliseconds.
+    """
     for _ in range(budget.warmup):
         _time_round(fused)
         _time_round(separate)
@@ -138,36 +196,57 @@ def _activate(side: _Side, feed: dict[str, np.ndarray]) -> None:
 
 
 class Harness:
-    """Runs the protocol over one export directory (and, for torch backends, the task objects)."""
+    """Runs the protocol over one export directory (and, for torch backends, the task objects).
+
+    Args:
+        export_dir: an export made with ``separate=True`` (the baseline copies).
+        config: what to measure.
+        tasks: the export's task objects, in manifest order; only the torch backends need them.
+        backbone: the backbone the tasks share (with ``tasks``).
+        work_dir: where pruned k-task graphs go; default a temporary folder (never the export).
+        progress: receives an :class:`~subtune_edge.progress.Event` (stage ``"bench"``) per point.
+        memory_probe: measure ONNX Runtime memory in a fresh process (slower, cleaner numbers).
+
+    Raises:
+        SubtuneError: bad settings, or an export that is missing, tampered with or lacks the
+            separate copies.
+    """
 
     def __init__(self, export_dir: str | Path, config: BenchConfig, *, tasks=None, backbone=None,
-                 work_dir: str | Path | None = None, progress: ProgressFn | None = None, memory_probe: bool = True):
+                 work_dir: str | Path | None = None, progress: Progress | None = None, memory_probe: bool = True):
         self.export_dir = Path(export_dir)
-        self.config = config
-        self.manifest = read_manifest(self.export_dir)
+        self.config = config.check()
+        # the one validating reader: schema, the manifest's own hash, and every listed file's sha256
+        # (a tampered model.onnx or separate copy is refused here, before anything runs)
+        self.manifest: Manifest = read_manifest(self.export_dir, verify_files=True)
+        plan = self.manifest.info.get("plan")
+        self.plan: SharingPlan | None = plan_from_json(plan) if plan else None
         self.tasks, self.backbone = tasks, backbone
         # pruned k-task graphs go to a scratch folder, never into the export (its manifest lists every file)
         self._scratch = None if work_dir else tempfile.TemporaryDirectory(prefix="subtune-bench-")
         self.work_dir = Path(work_dir) if work_dir else Path(self._scratch.name)
-        self.progress = progress or (lambda *a: None)
+        self.progress = progress
         self.memory_probe = memory_probe
-        names = [t["output"] for t in self.manifest["tasks"]]
-        self.outputs = names[: config.max_tasks] if config.max_tasks else names
-        missing = [o for o in self.outputs if not (self.export_dir / "separate" / f"{o}.onnx").is_file()]
+        tasks_all = self.manifest.tasks
+        self.measured: tuple[TaskOutput, ...] = tasks_all[: config.max_tasks] if config.max_tasks else tasks_all
+        self.outputs = [t.output for t in self.measured]
+        missing = [t for t in self.measured if t.separate is None]
         if missing:
-            raise ExportError(f"{self.export_dir} has no separate/{missing[0]}.onnx, the baseline to compare "
-                              "against; re-export with `subtune-edge export --separate`")
+            raise ExportError(f"{self.export_dir} has no separate copy of task '{missing[0].name}', the baseline to "
+                              "compare against; re-export with separate=True (`subtune-edge export --separate`)")
 
     @property
     def task_names(self) -> list[str]:
-        by_output = {t["output"]: t["name"] for t in self.manifest["tasks"]}
-        return [by_output[o] for o in self.outputs]
+        """The measured tasks' names, in manifest order."""
+        return [t.name for t in self.measured]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["preprocessing"]["input_size"])
+        """(C, H, W) of the export's input."""
+        return tuple(self.manifest.preprocessing.input_size)
 
     def skipped(self) -> list[dict]:
+        """The configured backends that cannot run here, each with the reason and what would fix it."""
         out = []
         for backend in self.config.backends:
             base, _, variant = backend.partition("+")
@@ -177,16 +256,17 @@ class Harness:
             if reason is None and variant == "graphs" and base != "torch-cuda":
                 reason = "CUDA graphs need torch-cuda"
             if reason is None and backend.startswith("torch") and self.tasks is None:
-                reason = f"{backend} needs the task files to build PyTorch modules: pass --task-dir"
-            if reason is None and backend == "trt" and not (self.export_dir / "model.plan").is_file():
-                reason = "trt needs model.plan in the export: re-export with --trt"
+                reason = (f"{backend} needs the task files to build PyTorch modules: pass tasks and backbone "
+                          "(`subtune-edge bench --task-dir`)")
+            if reason is None and backend == "trt" and "model.plan" not in self.manifest.files:
+                reason = "trt needs model.plan in the export: re-export with trt=True (`subtune-edge export --trt`)"
             if reason:
                 out.append({"backend": backend, "reason": reason})
         return out
 
     # -- building each side -----------------------------------------------------------------------
     def _fused_onnx(self, k: int) -> Path:
-        if k == len(self.manifest["tasks"]):
+        if k == len(self.manifest.tasks):
             return self.export_dir / "model.onnx"
         path = self.work_dir / f"fused_{k}.onnx"
         if not path.is_file():
@@ -198,14 +278,17 @@ class Harness:
         threads = self.config.threads
         if backend.startswith("ort"):
             fused_path = self._fused_onnx(k)
-            sep_paths = [self.export_dir / "separate" / f"{o}.onnx" for o in self.outputs[:k]]
+            sep_paths = [self.export_dir / t.separate for t in self.measured[:k]]
             fused = _Side([make_runner(backend, fused_path, threads=threads)], fused_path.stat().st_size)
             sep = _Side([make_runner(backend, p, threads=threads) for p in sep_paths],
                         sum(p.stat().st_size for p in sep_paths))
             if self.memory_probe:
                 for side, paths in ((fused, [fused_path]), (sep, sep_paths)):
                     probed = probe(backend, batch, self.input_shape, paths, threads)
-                    if probed is not None:
+                    if probed is None:
+                        log.warning("memory probe failed for %s batch %d k=%d; RSS growth measured in-process",
+                                    backend, batch, k)
+                    else:
                         side.rss_growth, side.rss_source = max(probed["growth"], 0), "fresh process"
             return fused, sep
         if backend == "trt":
@@ -214,9 +297,6 @@ class Harness:
         return self._torch_sides(backend, k)
 
     def _torch_sides(self, backend: str, k: int) -> tuple[_Side, _Side]:
-        from subtune_edge.cost import size_of
-        from subtune_edge.multitask import MultiTaskModel, TaskModel
-
         variant = backend.split("+")[1] if "+" in backend else ""
         opts = {"compile": variant == "compile", "cuda_graphs": variant == "graphs"}
         base = backend.split("+")[0]
@@ -232,6 +312,12 @@ class Harness:
 
     # -- the sweep ---------------------------------------------------------------------------------
     def run(self) -> dict:
+        """Measure every (backend, batch, k) point that can run here.
+
+        Returns:
+            ``{"rows": [...], "skipped": [...]}``: one row per point (results.json's ``rows``) and the
+            backends that could not run, with the reason.
+        """
         skipped = self.skipped()
         runnable = [b for b in self.config.backends if b not in {s["backend"] for s in skipped}]
         n = len(self.outputs)
@@ -239,10 +325,11 @@ class Harness:
         rows: list[dict] = []
         rng = np.random.default_rng(self.config.seed)
         for i, (backend, batch, k) in enumerate(points):
-            self.progress(f"{backend} batch {batch} k={k}", i, len(points))
+            emit(self.progress, "bench", f"{backend} batch {batch} k={k}", i, len(points),
+                 backend=backend, batch=batch, k=k)
             x = rng.standard_normal((batch, *self.input_shape)).astype(np.float32)
             rows.append(self._point(backend, batch, k, {"input": x}))
-        self.progress("done", len(points), len(points))
+        emit(self.progress, "bench", "done", len(points), len(points))
         if self._scratch is not None:
             self._scratch.cleanup()
         for backend in runnable:
@@ -276,8 +363,9 @@ class Harness:
         if tegra:
             memory["tegrastats_peak_ram_mb"] = tegra.peak_ram_mb()
         return {"backend": backend, "batch": batch, "k": k, "tasks": self.task_names[:k],
-                "fused_graph": "pruned" if backend.startswith("ort") and k < len(self.manifest["tasks"]) else
+                "fused_graph": "pruned" if backend.startswith("ort") and k < len(self.manifest.tasks) else
                 "full" if backend.startswith("ort") else "module",
                 "fused": fs.to_json(), "separate": ss.to_json(),
-                "ratio": fs.median_ms / ss.median_ms, "ideal_ratio_flops": ideal_ratio(self.manifest["plan"], k),
+                "ratio": fs.median_ms / ss.median_ms,
+                "ideal_ratio_flops": ideal_ratio(self.plan, k) if self.plan else None,
                 "memory": memory}

@@ -1,13 +1,30 @@
-"""results.json, report.md and PNG plots from one harness run."""
+"""results.json, report.md and PNG plots from one harness run, and the rule for replacing them.
+
+A results folder is replaced whole by the next bench into it, so :func:`is_results_dir` says when a
+folder is one: a results.json valid per ``results.schema.json`` and nothing but the files a report
+writes (and, for a suite, the export it built). Anything else is the user's and is refused.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+
+import jsonschema
+
+from subtune_edge.errors import SubtuneError
+from subtune_edge.io import atomic_write_json, atomic_write_text, check_replaceable, staged_dir
+from subtune_edge.runtime import is_export_dir
 
 from .environment import device_label
 
 SCHEMA = "subtune-edge.bench/1"
+SCHEMA_FILE = Path(__file__).parent / "results.schema.json"
+WHAT = "benchmark results"
+PLOTS = ("latency_vs_tasks", "added_latency_per_task")
+REPORT_FILES = ("results.json", "report.md", *(f"{name}.png" for name in PLOTS))
+SUITE_EXPORT = "export"  # a suite builds its export inside its results folder
 
 
 def _mb(b: int | None) -> str:
@@ -15,6 +32,14 @@ def _mb(b: int | None) -> str:
 
 
 def markdown(results: dict) -> str:
+    """report.md: the device and settings, the skipped backends, one table per (backend, batch).
+
+    Args:
+        results: results.json's content.
+
+    Returns:
+        The Markdown text.
+    """
     env = results["environment"]
     lines = [f"# Benchmark: {results['title']}", "",
              f"- device: {device_label(env)}; {env['platform']}",
@@ -77,18 +102,27 @@ def _added_panel(ax, rows: list[dict]) -> None:
 
 
 def plots(results: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+    """Draw latency vs k and the latency each extra task adds, one panel per (backend, batch).
+
+    Args:
+        results: results.json's content.
+        out_dir: the folder to write ``latency_vs_tasks.png`` and ``added_latency_per_task.png`` to.
+
+    Returns:
+        The PNG files written (none without rows).
+    """
+    import matplotlib  # optional: plotting only, keeps `import benchmarks` light
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: as above
 
     groups = group_rows(results)
     if not groups:
         return []
     device = device_label(results["environment"])
     written = []
-    for name, title, panel in (("latency_vs_tasks", "Latency vs tasks", _latency_panel),
-                               ("added_latency_per_task", "Latency each extra task adds", _added_panel)):
+    for name, title, panel in zip(PLOTS, ("Latency vs tasks", "Latency each extra task adds"),
+                                  (_latency_panel, _added_panel)):
         fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
         for ax, ((backend, batch), rows) in zip(axes[0], groups.items()):
             panel(ax, rows)
@@ -103,15 +137,109 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write results.json, report.md and the plots into ``out_dir``; returns the paths."""
-    from subtune_edge.io import atomic_write_bytes
+@functools.lru_cache(maxsize=1)
+def results_schema() -> dict:
+    """The JSON schema of results.json (``benchmarks/results.schema.json``)."""
+    return json.loads(SCHEMA_FILE.read_text())
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "markdown": out / "report.md"}
-    atomic_write_bytes(paths["json"], (json.dumps(results, indent=2) + "\n").encode())
-    atomic_write_bytes(paths["markdown"], markdown(results).encode())
-    for p in plots(results, out):
-        paths[p.stem] = p
-    return paths
+
+def is_results_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an earlier bench's results and nothing else, so it may be replaced.
+
+    That is: a results.json valid per the results schema, besides it only report.md and the plots,
+    and, when results.json records a suite, the suite's ``export/`` folder if it is an intact export.
+
+    Args:
+        path: a folder.
+
+    Returns:
+        True when replacing ``path`` loses nothing but an earlier bench's output.
+    """
+    path = Path(path)
+    try:
+        results = json.loads((path / "results.json").read_text())
+        jsonschema.validate(results, results_schema())
+        entries = list(path.iterdir())
+    except (OSError, ValueError, jsonschema.ValidationError):
+        return False
+    for entry in entries:
+        if entry.name in REPORT_FILES and entry.is_file() and not entry.is_symlink():
+            continue
+        if (entry.name == SUITE_EXPORT and results.get("suite") and entry.is_dir() and not entry.is_symlink()
+                and is_export_dir(entry)):
+            continue
+        return False
+    return True
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or inside it (after resolving links)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def check_results_dir(results_dir: str | Path, export_dir: str | Path | None = None, *,
+                      param: str = "results_dir") -> Path:
+    """Refuse, before any measuring, a results folder that writing the report would destroy.
+
+    Args:
+        results_dir: where the report will go.
+        export_dir: the export being measured, which must not be inside ``results_dir`` (replacing
+            it would delete the export) nor hold it (the export would gain files it does not list).
+        param: the parameter naming ``results_dir``, for the message.
+
+    Returns:
+        ``results_dir`` as a path.
+
+    Raises:
+        SubtuneError: ``results_dir`` is a file, a folder holding anything but an earlier bench's
+            results, or nested with the export.
+    """
+    results_dir = Path(results_dir)
+    if export_dir is not None and Path(export_dir).exists() and (
+            _inside(Path(export_dir), results_dir) or _inside(results_dir, Path(export_dir))):
+        raise SubtuneError(f"{{param}} {results_dir} and the export {export_dir} are nested (one inside the "
+                           "other); choose a results folder outside the export", param=param)
+    try:
+        check_replaceable(results_dir, is_results_dir, WHAT, "{param}")
+    except SubtuneError as exc:  # the message as a template, so that the CLI can name its flag
+        raise SubtuneError(exc.template, param=param) from None
+    return results_dir
+
+
+def write_files(results: dict, out_dir: Path) -> dict[str, str]:
+    """Write results.json, report.md and the plots into the existing folder ``out_dir``.
+
+    Returns:
+        File names by kind (``json``, ``markdown``, and each plot's name).
+    """
+    names = {"json": "results.json", "markdown": "report.md"}
+    atomic_write_json(out_dir / names["json"], results)
+    atomic_write_text(out_dir / names["markdown"], markdown(results))
+    for p in plots(results, out_dir):
+        names[p.stem] = p.name
+    return names
+
+
+def write_report(results: dict, out_dir: str | Path, *, param: str = "out_dir") -> dict[str, Path]:
+    """Write results.json, report.md and the plots as the folder ``out_dir``, in one step.
+
+    The files are written to a hidden folder beside ``out_dir`` that replaces it when complete, so
+    a reader sees the old report or the new one. ``out_dir`` must be new, empty, or an earlier
+    bench's results (:func:`is_results_dir`); anything else is refused, never emptied.
+
+    Args:
+        results: results.json's content (:func:`~benchmarks.run.run_bench`).
+        out_dir: the results folder.
+        param: the parameter naming ``out_dir``, for messages (the CLI passes its own).
+
+    Returns:
+        The written files by kind (``json``, ``markdown``, ``latency_vs_tasks``, ...).
+
+    Raises:
+        SubtuneError: ``out_dir`` holds something else, or is nested with the measured export.
+    """
+    out = check_results_dir(out_dir, (results.get("export") or {}).get("dir"), param=param)
+    with staged_dir(out, owns=is_results_dir, what=WHAT, param=param) as stage:
+        names = write_files(results, stage)
+    return {kind: out / name for kind, name in names.items()}

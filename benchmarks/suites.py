@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.errors import SubtuneError
+from subtune_edge.synthetic import synthetic_task
 
 from .harness import BenchConfig, Budget
 
@@ -25,14 +27,19 @@ SUITES_DIR = Path(__file__).parent / "suites"
 
 @dataclass
 class SuiteTask:
-    name: str
-    units: str  # as `--blocks` takes it: 'layer4', 'layer4.1,layer4.2', 'none'
-    classes: int = 10
-    siamese: bool = False
+    """One untrained task of a suite: what it tunes decides its branch, so its cost."""
+
+    name: str = field(metadata={"help": "the task's name (its output in the fused graph)"})
+    units: str = field(metadata={"help": "units as `tune --blocks` takes them: 'layer4', 'layer4.1,layer4.2', "
+                                         "'none'"})
+    classes: int = field(default=10, metadata={"help": "head outputs"})
+    siamese: bool = field(default=False, metadata={"help": "head on tuned and frozen features side by side"})
 
 
 @dataclass
 class Suite:
+    """A declared benchmark run (one ``benchmarks/suites/*.toml``): model, tasks, settings."""
+
     name: str
     description: str
     backbone: str
@@ -47,10 +54,22 @@ class Suite:
 
 
 def available() -> list[str]:
+    """The bundled suites' names."""
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
 def load_suite(name_or_path: str) -> Suite:
+    """Read a bundled suite by name, or a suite file by path.
+
+    Args:
+        name_or_path: ``cpu-quick``, ``desktop-gpu``, ``jetson-orin`` or a ``.toml`` path.
+
+    Returns:
+        The suite, its settings checked.
+
+    Raises:
+        SubtuneError: an unknown name, or a file with missing or wrong fields (named).
+    """
     path = Path(name_or_path)
     if not path.is_file():
         path = SUITES_DIR / f"{name_or_path}.toml"
@@ -59,24 +78,33 @@ def load_suite(name_or_path: str) -> Suite:
     try:
         data = tomllib.loads(path.read_text())
         budget = Budget(**data.get("budget", {}))
-        config = BenchConfig(backends=list(data["backends"]), batch_sizes=[int(b) for b in data["batch_sizes"]],
+        config = BenchConfig(backends=list(data["backends"]), batch_sizes=list(data["batch_sizes"]),
                              threads=data.get("threads"), budget=budget)
         tasks = [SuiteTask(**t) for t in data["tasks"]]
         h, w = data.get("input_size", [224, 224])
+        if not tasks:
+            raise ValueError("no [[tasks]]")
+        config.check()
         return Suite(name=data.get("name", path.stem), description=data.get("description", ""),
                      backbone=data["backbone"], weights=data.get("weights", "random"), input_size=(int(h), int(w)),
                      tasks=tasks, config=config, opset=int(data.get("opset", 17)), fp16=bool(data.get("fp16")),
                      trt=bool(data.get("trt")))
-    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
+    except SubtuneError as exc:
+        raise SubtuneError(f"suite {path}: {exc}; see benchmarks/suites/cpu-quick.toml for the fields") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, tomllib.TOMLDecodeError) as exc:
         raise SubtuneError(f"suite {path} is malformed ({type(exc).__name__}: {exc}); see benchmarks/suites/"
                            "cpu-quick.toml for the fields") from exc
 
 
 def build_suite_tasks(suite: Suite):
-    """The suite's backbone and synthetic tasks."""
-    from subtune_edge.backbone import create_backbone, model_args_for_input
-    from subtune_edge.synthetic import synthetic_task
+    """The suite's backbone and its synthetic (never trained) tasks.
 
+    Returns:
+        ``(backbone, tasks)``.
+
+    Raises:
+        SubtuneError: an unknown model, weights or unit name.
+    """
     backbone = create_backbone(suite.backbone, suite.weights, **model_args_for_input(suite.backbone, suite.input_size))
     tasks = [synthetic_task(backbone, t.name, backbone.parse_units(t.units), t.classes, seed=i, siamese=t.siamese,
                             input_size=suite.input_size) for i, t in enumerate(suite.tasks)]

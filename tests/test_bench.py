@@ -5,11 +5,11 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import BenchConfig, Budget, added_per_task, ideal_ratio, load_suite, run_bench, summarize, write_report
+from benchmarks import BenchConfig, Budget, added_per_task, load_suite, run_bench, summarize, write_report
 from benchmarks.memory import parse_tegrastats
 from benchmarks.suites import available
 from subtune_edge.cli import main
-from subtune_edge.cost import build_fused
+from subtune_edge.cost import build_fused, ideal_ratio, plan_from_json
 from subtune_edge.errors import SubtuneError
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
@@ -67,11 +67,11 @@ def test_bundled_suites_load_and_bad_ones_are_refused(tmp_path):
         load_suite(str(bad))
 
 
-def test_ideal_ratio_for_all_tasks_matches_the_plan():
+def test_ideal_ratio_from_the_manifest_form_of_the_plan_matches_the_plan():
     backbone = backbone_for("resnet18")
     tasks = three_depth_tasks(backbone)
-    plan = build_fused(backbone, tasks, (SIZE, SIZE)).plan.to_json()
-    assert ideal_ratio(plan, 3) == pytest.approx(plan["cost"]["ideal_ratio_flops"])
+    plan = plan_from_json(json.loads(json.dumps(build_fused(backbone, tasks, (SIZE, SIZE)).plan.to_json())))
+    assert ideal_ratio(plan, 3) == pytest.approx(plan.cost.ideal_ratio_flops)
     assert ideal_ratio(plan, 1) == pytest.approx(1.0)
     assert ideal_ratio(plan, 2) < 1 and ideal_ratio(plan, 3) < 1
 
@@ -112,6 +112,8 @@ def test_harness_on_ort_and_torch_cpu_writes_a_complete_report(small_export, tmp
     rows = [r for r in results["rows"] if r["backend"] == "ort-cpu" and r["batch"] == 1]
     assert [r["added_ms_fused"] for r in rows] == pytest.approx(
         added_per_task([r["fused"]["median_ms"] for r in rows]))
+    k3 = [r for r in results["rows"] if r["k"] == 3]
+    assert all(r["ideal_ratio_flops"] == pytest.approx(results["export"]["plan_ideal_ratio_flops"]) for r in k3)
     paths = write_report(results, tmp_path / "report")
     assert "## ort-cpu, batch 2" in paths["markdown"].read_text()
     for name in ("latency_vs_tasks", "added_latency_per_task"):
@@ -133,7 +135,8 @@ def test_pruned_fused_graph_keeps_only_the_first_k_outputs(small_export):
 def test_bench_cli_needs_an_export_or_a_suite(tmp_path):
     result = CliRunner().invoke(main, ["bench", "--results", str(tmp_path)])
     assert result.exit_code == 2 and "give either EXPORT_DIR or --suite" in result.output
-    result = CliRunner().invoke(main, ["bench", str(tmp_path / "missing"), "--results", str(tmp_path)])
-    assert result.exit_code == 2 and "has no manifest.json" in result.output
-    result = CliRunner().invoke(main, ["bench", "--suite", "cpu-quick", "--batch", "x", "--results", str(tmp_path)])
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "missing"), "--results", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no manifest.json in" in result.output and not (tmp_path / "out").exists()
+    result = CliRunner().invoke(main, ["bench", "--suite", "cpu-quick", "--batch", "x", "--results",
+                                       str(tmp_path / "out")])
     assert result.exit_code == 2 and "comma-separated list of integers" in result.output

@@ -1,33 +1,64 @@
-"""`bench`: measure what each task adds, fused vs separate full copies."""
+"""`bench`: measure what each task adds, fused vs separate full copies; `profile-device`: what a
+branch at each unit adds on this device."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from tqdm import tqdm
 
+from benchmarks import (
+    BenchConfig,
+    Budget,
+    check_results_dir,
+    load_bench_tasks,
+    load_suite,
+    run_bench,
+    run_suite,
+    write_report,
+)
+from benchmarks.device_costs import measure_device_costs
+from benchmarks.report import group_rows
+
+from ..backbone import create_backbone, model_args_for_input
 from ..errors import SubtuneError
-from ._options import split_csv
+from ..io import atomic_write_json
+from ..progress import Event
+from ._options import parse_input_size, split_csv
+
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE_SECONDS = click.FloatRange(min=0)
 
 
 def _ints(ctx, param, value):
+    """'1,8' -> [1, 8]; refuses anything but positive integers, at parse time."""
     try:
-        return [int(v) for v in split_csv(value)] or None
+        sizes = [int(v) for v in split_csv(value)]
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of integers (for example 1,8)") from None
+    bad = [s for s in sizes if s < 1]
+    if bad:
+        raise click.BadParameter(f"batch size {bad[0]} in '{value}' is not positive; give sizes >= 1 (for example 1,8)")
+    if value is not None and not sizes:
+        raise click.BadParameter(f"'{value}' names no batch size; give sizes >= 1 (for example 1,8)")
+    return sizes or None
 
 
 def _progress():
-    from tqdm import tqdm
-
+    """A tqdm bar and the :data:`~subtune_edge.progress.Progress` callback that drives it."""
     bar = tqdm(total=1, unit="point", dynamic_ncols=True)
 
-    def update(label: str, done: int, total: int) -> None:
-        bar.total = max(total, 1)
-        bar.n = done
-        bar.set_description(label)
+    def update(event: Event) -> None:
+        if event.total is not None:
+            bar.total = max(event.total, 1)
+        if event.done is not None:
+            bar.n = event.done
+        bar.set_description(event.message)
         bar.refresh()
     return bar, update
 
@@ -41,12 +72,13 @@ def _progress():
                    "Default: the suite's, else ort-cpu.")
 @click.option("--batch", "batches", default=None, callback=_ints, help="Comma-separated batch sizes, e.g. 1,8.")
 @click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for results.json, report.md and the plots.")
+              help="Folder for results.json, report.md and the plots (new, empty, or an earlier bench's results).")
 @click.option("--task-dir", default=None, type=click.Path(file_okay=False),
               help="Task files of the export, needed for the torch backends.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads per session (recorded). Default: runtime's.")
-@click.option("--seconds", type=float, default=None, help="Time budget per measurement point.")
-@click.option("--max-tasks", type=int, default=None, help="Measure k = 1..N for the first N tasks only.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Intra-op threads per session (recorded). Default: runtime's.")
+@click.option("--seconds", type=NON_NEGATIVE_SECONDS, default=None, help="Time budget per measurement point.")
+@click.option("--max-tasks", type=POSITIVE, default=None, help="Measure k = 1..N for the first N tasks only.")
 def bench(export_dir, suite, backends, batches, results_dir, task_dir, threads, seconds, max_tasks) -> None:
     """Measure fused vs separate latency and memory for k = 1..N tasks.
 
@@ -55,40 +87,32 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, threads, 
       subtune-edge bench demo-out/export --backend ort-cpu --batch 1,8 --results demo-out/bench
       subtune-edge bench --suite cpu-quick --results benchmarks/results/cpu-quick
     """
-    import dataclasses
-
-    from benchmarks import BenchConfig, load_suite, run_bench, run_suite, write_report
-
     if bool(export_dir) == bool(suite):
         raise click.UsageError("give either EXPORT_DIR or --suite")
     backend_list = split_csv(backends) or None
+    # refuse a results folder that holds anything else before minutes of measuring, not after
+    check_results_dir(results_dir, export_dir)
+    if suite:
+        s = load_suite(suite)
+        cfg = s.config
+        budget = dataclasses.replace(cfg.budget, seconds=seconds) if seconds is not None else cfg.budget
+        s.config = dataclasses.replace(cfg, threads=threads or cfg.threads, budget=budget, max_tasks=max_tasks)
+    else:
+        tasks, backbone = load_bench_tasks(export_dir, task_dir) if task_dir else (None, None)
+        config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=batches or [1], threads=threads,
+                             max_tasks=max_tasks)
+        if seconds is not None:
+            config.budget.seconds = seconds
     bar, progress = _progress()
     try:
         if suite:
-            s = load_suite(suite)
-            cfg = s.config
-            budget = dataclasses.replace(cfg.budget, seconds=seconds) if seconds else cfg.budget
-            s.config = dataclasses.replace(cfg, threads=threads or cfg.threads, budget=budget, max_tasks=max_tasks)
             results, paths = run_suite(s, results_dir, backends=backend_list, batch_sizes=batches, progress=progress)
         else:
-            tasks = backbone = None
-            if task_dir:
-                from benchmarks.harness import read_manifest
-
-                from ..multitask import backbone_for_tasks
-                from ..task import load_tasks
-
-                manifest = read_manifest(Path(export_dir))
-                tasks = load_tasks([t["name"] for t in manifest["tasks"]], task_dir)
-                backbone = backbone_for_tasks(tasks, manifest["backbone"].get("weights"))
-            config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=batches or [1], threads=threads,
-                                 max_tasks=max_tasks)
-            if seconds:
-                config.budget.seconds = seconds
             results = run_bench(export_dir, config, tasks=tasks, backbone=backbone, progress=progress)
-            paths = write_report(results, results_dir)
     finally:
         bar.close()
+    if not suite:
+        paths = write_report(results, results_dir, param="results_dir")
     render_results(results)
     for kind, path in paths.items():
         click.echo(f"wrote {kind}: {path}")
@@ -97,13 +121,16 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, threads, 
 
 
 def render_results(results: dict, console: Console | None = None) -> None:
+    """Print the skipped backends and one table per (backend, batch).
+
+    Every piece of text that comes from the library or the user (backend names, reasons such as
+    ``pip install 'subtune-edge[gpu]'``) is escaped: rich would otherwise eat ``[gpu]`` as markup.
+    """
     console = console or Console(width=120)
     for s in results["skipped"]:
-        console.print(f"[yellow]skipped {s['backend']}[/]: {s['reason']}")
-    from benchmarks.report import group_rows
-
+        console.print(f"[yellow]skipped {escape(s['backend'])}[/]: {escape(s['reason'])}")
     for (backend, batch), rows in group_rows(results).items():
-        table = Table(title=f"{backend}, batch {batch}")
+        table = Table(title=escape(f"{backend}, batch {batch}"))
         for col in ("k", "fused ms", "separate ms", "ratio", "ideal (FLOPs)", "+ms/task fused", "+ms/task separate",
                     "weights MB fused/sep"):
             table.add_column(col, justify="right")
@@ -116,17 +143,30 @@ def render_results(results: dict, console: Console | None = None) -> None:
         console.print(table)
 
 
+def render_costs(costs: dict, console: Console | None = None) -> None:
+    """Print a device cost table (model and unit names escaped, as in :func:`render_results`)."""
+    console = console or Console(width=120)
+    table = Table(title=escape(f"{costs['model']} on {costs['backend']}, batch {costs['batch']}: "
+                               "added latency of a branch at each unit"))
+    for col in ("unit", "added ms", "branch GFLOPs", "unit MB"):
+        table.add_column(col, justify="left" if col == "unit" else "right")
+    for r in costs["units"]:
+        table.add_row(escape(r["unit"]), f"{r['added_ms']:.2f}", f"{r['branch_flops'] / 1e9:.3f}",
+                      f"{r['unit_bytes'] / 1e6:.2f}")
+    console.print(table)
+
+
 @click.command("profile-device")
 @click.argument("model")
 @click.option("--backend", default="ort-cpu", show_default=True,
               help="Where to measure: ort-cpu, ort-cuda, ort-trt, torch-cpu, torch-cuda.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch size to measure at.")
+@click.option("--batch", type=POSITIVE, default=1, show_default=True, help="Batch size to measure at.")
 @click.option("--input-size", "input_size", default=None, metavar="H,W",
               help="Input resolution; default: the model's pretrained config.")
 @click.option("--weights", default="random", show_default=True,
               help="Weights to build the graphs with (latency does not depend on their values).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (recorded).")
-@click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per unit.")
+@click.option("--threads", type=POSITIVE, default=None, help="Intra-op threads (recorded).")
+@click.option("--seconds", type=NON_NEGATIVE_SECONDS, default=2.0, show_default=True, help="Time budget per unit.")
 @click.option("--units", default=None, help="Only these units or stages (e.g. layer3,layer4); default: all.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write costs.json.")
 def profile_device(model, backend, batch, input_size, weights, threads, seconds, units, out_path) -> None:
@@ -139,19 +179,9 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
     Example:
       subtune-edge profile-device tf_efficientnet_lite0 --backend ort-cpu --input-size 96 --out costs.json
     """
-    import json
-
-    from benchmarks.device_costs import measure_device_costs
-    from benchmarks.harness import Budget
-
-    from ..io import atomic_write_bytes
-    from ._options import parse_input_size
-
     size = parse_input_size(None, None, input_size)
     chosen = None
     if units:
-        from ..backbone import create_backbone, model_args_for_input
-
         chosen = create_backbone(model, "random", **model_args_for_input(model, size)).parse_units(units)
     bar, progress = _progress()
     try:
@@ -160,12 +190,6 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
                                                                     seconds=seconds), units=chosen, progress=progress)
     finally:
         bar.close()
-    atomic_write_bytes(Path(out_path), (json.dumps(costs, indent=2) + "\n").encode())
-    table = Table(title=f"{model} on {backend}, batch {batch}: added latency of a branch at each unit")
-    for col in ("unit", "added ms", "branch GFLOPs", "unit MB"):
-        table.add_column(col, justify="left" if col == "unit" else "right")
-    for r in costs["units"]:
-        table.add_row(r["unit"], f"{r['added_ms']:.2f}", f"{r['branch_flops'] / 1e9:.3f}",
-                      f"{r['unit_bytes'] / 1e6:.2f}")
-    Console(width=120).print(table)
+    atomic_write_json(Path(out_path), costs)
+    render_costs(costs)
     click.echo(f"wrote {out_path}")
