@@ -3,7 +3,17 @@ import json
 import pytest
 import torch
 
-from subtune_edge.cost import NECK_POOL, PlanCost, branch_flops, branch_units, build_fused, ideal_ratio, plan_from_json
+from subtune_edge.cost import (
+    NECK_POOL,
+    PlanCost,
+    branch_flops,
+    branch_units,
+    build_fused,
+    ideal_ratio,
+    plan_from_json,
+    size_of,
+    weight_bytes,
+)
 from subtune_edge.errors import BackboneError, TaskFileError
 from subtune_edge.multitask import BranchPlan, MultiTaskModel, TaskModel, backbone_for_tasks, trunk_end
 from subtune_edge.synthetic import synthetic_task
@@ -179,3 +189,13 @@ def test_stacked_export_matches_the_plain_export(tmp_path):
     b = ort.InferenceSession(str(tmp_path / "stacked" / "model.onnx")).run(None, {"input": x})
     for u, v in zip(a, b):
         np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_weights_are_counted_once(resnet):
+    tasks = three_depth_tasks(resnet)
+    fused = MultiTaskModel(resnet, tasks)
+    separate = sum(weight_bytes(TaskModel.from_task(resnet, t)) for t in tasks)
+    assert weight_bytes(fused) == size_of(fused).bytes < separate
+    counters = sum(b.numel() * b.element_size() for _, b in fused.named_buffers() if not b.is_floating_point())
+    assert counters > 0  # BatchNorm's num_batches_tracked, which no inference graph holds
+    assert weight_bytes(fused, floating_only=True) == weight_bytes(fused) - counters

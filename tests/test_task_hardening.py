@@ -113,6 +113,8 @@ BAD_METADATA = [
     (_set({"img_size": "big"}, "backbone", "model_args"), "model argument 'img_size' is 'big', expected a positive"),
     (_set([], "backbone", "model_args"), "field 'backbone.model_args' is a list, expected an object"),
     (_set(None, "backbone", "weights"), "field 'backbone.weights' is null, expected a weights source"),
+    (_set(5, "training", "mode"), "field 'training.mode' is a number 5, expected a string"),
+    (_set("all", "training"), "field 'training' is a string \"all\", expected an object"),
 ]
 
 

@@ -182,6 +182,7 @@ def _read(meta: dict, path: Path) -> TaskMetadata:
         if key in preprocessing:
             field_(preprocessing, key, ok, expected, "preprocessing.")
     training = field_(meta, "training", is_dict, "an object (the training record)", default={})
+    field_(training, "mode", lambda v: isinstance(v, str), "a string such as 'subtune'", "training.", None)
     return TaskMetadata(name=name, backbone=BackboneSpec(model_name, weights, dict(model_args)),
                         fingerprint=fingerprint, tuned_units=list(tuned_units), num_features=num_features,
                         num_classes=num_classes, labels=list(labels), preprocessing=dict(preprocessing),
