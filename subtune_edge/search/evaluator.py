@@ -149,9 +149,3 @@ class Evaluator:
         """``units`` in model order."""
         chosen = set(units)
         return [u for u in self.backbone.unit_names if u in chosen]
-
-    def require_units(self, units) -> None:
-        """Refuse unit names the backbone lacks, with the backbone's own message (it lists its units)."""
-        unknown = [u for u in units if u not in self.backbone.units]
-        if unknown:
-            self.backbone.unit_index(unknown[0])

@@ -119,7 +119,7 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
     """
     ev = Evaluator(setup, executor, log, progress)
     names = ev.backbone.unit_names
-    ev.require_units(greedy.candidates or ())
+    ev.backbone.check_units(greedy.candidates or ())
     candidates = ev.order(greedy.candidates) if greedy.candidates is not None else list(names)
     if not candidates:
         raise SubtuneError("greedy selection needs at least one candidate unit")

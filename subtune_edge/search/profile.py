@@ -78,7 +78,7 @@ def finetuning_profile(setup: SearchSetup, windows: tuple[int, ...] = (1,), unit
     ev = Evaluator(setup, executor, log, progress)
     names = ev.backbone.unit_names
     if units is not None:
-        ev.require_units(units)
+        ev.backbone.check_units(units)
     sets = profile_sets(names, tuple(windows), units)
     if not sets:
         raise SubtuneError(f"no window of sizes {list(windows)} fits the chosen units")

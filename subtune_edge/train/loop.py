@@ -52,9 +52,7 @@ def check_units(backbone: Backbone, units: list[str] | tuple[str, ...], siamese:
         BackboneError: a unit the backbone does not have (the message lists the ones it has).
         SubtuneError: Siamese SubTuning without a tuned unit.
     """
-    unknown = [u for u in units if u not in backbone.units]
-    if unknown:
-        backbone.unit_index(unknown[0])  # the backbone's own error, which lists its units
+    backbone.check_units(units)
     if siamese and not units:
         raise SubtuneError("Siamese SubTuning needs at least one tuned unit (its head compares tuned and frozen "
                            "features); tune a unit or drop {param}", param="siamese")
