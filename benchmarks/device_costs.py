@@ -12,6 +12,7 @@ alone, alternated in one process on the same input; added = L(with branch) - L(t
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -122,6 +123,22 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
         "environment": environment.describe(),
         "units": rows,
     }
+
+
+def is_cost_table(path: str | Path) -> bool:
+    """Whether ``path`` is a file this module wrote, so that a new measurement may replace it.
+
+    Args:
+        path: a file.
+
+    Returns:
+        True for a JSON object whose ``format`` is the device cost table's.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 read_costs = read_cost_table

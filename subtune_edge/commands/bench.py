@@ -22,7 +22,7 @@ from benchmarks import (
     run_suite,
     write_report,
 )
-from benchmarks.device_costs import measure_device_costs
+from benchmarks.device_costs import is_cost_table, measure_device_costs
 from benchmarks.report import group_rows
 
 from ..backbone import create_backbone, model_args_for_input
@@ -180,6 +180,10 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
       subtune-edge profile-device tf_efficientnet_lite0 --backend ort-cpu --input-size 96 --out costs.json
     """
     size = parse_input_size(None, None, input_size)
+    out = Path(out_path)
+    if out.exists() and not is_cost_table(out):  # replace an earlier table, never a file of the user's
+        raise SubtuneError("{param} " + f"{out} exists and is not a device cost table; choose a new file name "
+                           "(it is kept)", param="out_path")
     chosen = None
     if units:
         chosen = create_backbone(model, "random", **model_args_for_input(model, size)).parse_units(units)
@@ -190,6 +194,6 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
                                                                     seconds=seconds), units=chosen, progress=progress)
     finally:
         bar.close()
-    atomic_write_json(Path(out_path), costs)
+    atomic_write_json(out, costs)
     render_costs(costs)
     click.echo(f"wrote {out_path}")
