@@ -57,9 +57,9 @@ class BackboneSpec:
         model_args: creation arguments for ``timm.create_model`` (only ``img_size`` when read from a file).
     """
 
-    model_name: str
-    weights: str = "timm"
-    model_args: dict = field(default_factory=dict)
+    model_name: str = field(metadata={"help": "The timm model name, e.g. resnet50 or tf_efficientnet_lite0."})
+    weights: str = field(default="timm", metadata={"help": "timm, random, offline or the path of a state_dict file."})
+    model_args: dict = field(default_factory=dict, metadata={"help": "Arguments for timm.create_model (img_size)."})
 
     def to_json(self) -> dict:
         """The spec as JSON, as task files and manifests store it."""

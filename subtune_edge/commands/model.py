@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 from rich.console import Console
@@ -36,7 +37,7 @@ def blocks(model: str, weights: str | None, input_size, as_json: bool) -> None:
     total = sum(c.flops for c in costs) or 1
     if as_json:
         click.echo(json.dumps({"model": model, "family": backbone.family, "num_features": backbone.num_features,
-                               "units": [c.__dict__ for c in costs]}, indent=2))
+                               "units": [asdict(c) for c in costs]}, indent=2))
         return
     size = input_size or backbone.data_config["input_size"][1:]
     table = Table(title=f"{model} ({backbone.family}), {len(backbone.units)} units at {size[0]}x{size[1]}")
