@@ -77,28 +77,33 @@ def task_name_option(help: str):
     return click.option("--name", required=True, callback=_task_name, help=help)
 
 
+def _config_help(name: str, extra: str = "") -> str:
+    """The help of a :class:`TrainConfig` field (one text for ``help()`` and ``--help``)."""
+    return (TrainConfig.__dataclass_fields__[name].metadata["help"] + extra).strip()
+
+
 TRAINING_OPTIONS = [
     click.option("--data", "data_source", required=True, metavar="PATH|digits:TARGET",
                  help="Image folder (root/train/<class>, root/val/<class>, or root/<class>) or the bundled "
                       "digits: digits:digit, digits:parity, digits:ge5. Under torchrun every process reads it."),
     weights_option,
     input_size_option,
-    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help=_config_help("epochs")),
     click.option("--batch-size", type=click.IntRange(min=2), default=None,
-                 help="Default: 256 on CUDA (paper), 32 on CPU. Under torchrun: the global batch, split over "
-                      "the processes."),
+                 help=_config_help("batch_size", " Under torchrun: the global batch, split over the processes.")),
     click.option("--lr", type=float, default=None, callback=_positive_finite,
-                 help="Default: 1e-2 linear probe, 1e-3 CNN, 1e-4 ViT (paper)."),
+                 help=_config_help("lr")),
     click.option("--weight-decay", type=float, default=None, callback=_non_negative_finite,
-                 help="Default: 1e-2 CNN, 5e-5 ViT."),
-    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True),
+                 help=_config_help("weight_decay")),
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                 help=_config_help("label_smoothing")),
     click.option("--augment/--no-augment", default=None,
                  help="RandomResizedCrop + flip. Default: on for image folders, off for digits."),
     click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
                  help="Compute the frozen prefix once when inputs are deterministic (no augmentation)."),
     click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
                  help="Under torchrun, cuda means the GPU of each process's LOCAL_RANK."),
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True, help=_config_help("seed")),
     click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
                  show_default=True, help="Held out for validation when the data has no val/ folder."),
     click.option("--train-samples", type=click.IntRange(min=2), default=None,

@@ -192,7 +192,7 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
       subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:parity --name parity \\
           --blocks blocks.6.0,conv_head --input-size 64 --epochs 3
       subtune-edge tune resnet50 --data ./flowers --name flowers --blocks auto --device cuda
-      subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:digit --name digit \
+      subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:digit --name digit \\
           --input-size 64 --latency-budget 1.5 --costs jetson-costs.json
     """
     setup = _setup(model, siamese=siamese, seeds=tuple(opts["seed"] + i for i in range(search_seeds)), folds=folds,
