@@ -125,6 +125,13 @@ def test_results_nested_with_the_export_are_refused(export, tmp_path):
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in export.iterdir())
 
 
+def test_the_committed_suite_results_are_ours_so_the_readme_command_replaces_them():
+    # `subtune-edge bench --suite cpu-quick --results benchmarks/results/cpu-quick` (README) must keep working
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "cpu-quick"
+    assert is_results_dir(committed)
+    assert not is_results_dir(committed.parent)  # the index of all results is not one bench's output
+
+
 def test_a_suite_results_folder_with_its_export_is_ours(tmp_path):
     toml = tmp_path / "tiny.toml"
     toml.write_text(f'''name = "tiny"
