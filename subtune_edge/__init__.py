@@ -4,7 +4,6 @@ The public API; everything else is an implementation detail that may move.
 """
 
 from .backbone import FAMILIES, Backbone, BackboneSpec, create_backbone, load_backbone, split_model
-from .search.latency import LatencyTable
 from .cost import build_fused, plan_cost, unit_costs
 from .data import DataSpec, TaskData, from_arrays, image_folder, load_data
 from .errors import (
@@ -16,19 +15,23 @@ from .errors import (
     TaskFileError,
     WeightsError,
 )
-from .search import LocalExecutor, ProcessExecutor, RunLog, make_executor
 from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel, backbone_for_tasks
-from .search import RayExecutor
 from .runtime import ExportedModel, load_export
 from .search import (
     GreedyConfig,
     GreedyResult,
+    LocalExecutor,
+    ProcessExecutor,
     Profile,
+    RayExecutor,
+    RunLog,
     SearchSetup,
     finetuning_profile,
     greedy_select,
+    make_executor,
     plot_profile,
 )
+from .search.latency import LatencyTable
 from .synthetic import synthetic_task
 from .task import Task, load_task, load_tasks, make_task, save_task
 from .train import RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train

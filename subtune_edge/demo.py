@@ -18,9 +18,8 @@ from pathlib import Path
 
 from .backbone import BackboneSpec, model_args_for_input
 from .data import DataSpec
-from .search import RunLog, make_executor
 from .io import atomic_write_bytes
-from .search import GreedyConfig, SearchSetup, finetuning_profile, greedy_select, plot_profile
+from .search import GreedyConfig, RunLog, SearchSetup, finetuning_profile, greedy_select, make_executor, plot_profile
 from .task import save_task
 from .train import TrainConfig, get_backbone, get_data, train
 
