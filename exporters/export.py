@@ -9,14 +9,12 @@ as an earlier export holding nothing else: a user's folder is refused before any
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 from timm.layers import set_layer_config
 
 from subtune_edge.backbone import Backbone
@@ -25,23 +23,22 @@ from subtune_edge.errors import ExportError
 from subtune_edge.io import staged_dir
 from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import OrtRunner, TorchRunner, TrtRunner, is_export_dir, missing_reason
+from subtune_edge.runtime import is_export_dir
 from subtune_edge.task import Task
 from subtune_edge.weights import SPECS as NAMED_WEIGHTS
 
 from . import manifest as manifest_mod
 from . import tensorrt as trt_mod
 from .fp16 import convert_fp16
-from .inputs import InputBatch, image_files, verification_batches
+from .inputs import image_files
 from .onnx_export import export_onnx
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
-from .verify import FP16, FP32, TF32, Tolerance, compare_outputs
+from .verification import STAGE, step, verify_files, verify_plan
 
 log = logging.getLogger(__name__)
 
 TORCHSCRIPT_OPSETS = (13, 20)
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
-STAGE = "export"
 
 
 @dataclass(frozen=True)
@@ -74,13 +71,6 @@ class ExportOptions:
 
 OPTION_NAMES = tuple(f.name for f in fields(ExportOptions))
 
-
-@contextlib.contextmanager
-def _step(name: str, timings: dict, progress: Progress | None, message: str):
-    emit(progress, STAGE, message, step=name)
-    start = time.perf_counter()
-    yield
-    timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 # -- what the tasks agree on ----------------------------------------------------------------------
@@ -158,42 +148,6 @@ def _load_backbone(tasks: list[Task], weights: str) -> Backbone:
         return backbone_for_tasks(tasks, weights)
 
 
-# -- verification ---------------------------------------------------------------------------------
-def _reference(backbone: Backbone, tasks: list[Task], outs: list[str], batches: list[InputBatch]):
-    """PyTorch outputs of each task model (fp32, CPU), per batch: [{output: array}]."""
-    refs: list[dict] = [{} for _ in batches]
-    for task, name in zip(tasks, outs):
-        with TorchRunner(TaskModel.from_task(backbone, task), [name]) as runner:
-            for i, b in enumerate(batches):
-                refs[i][name] = runner.infer({INPUT_NAME: b.array})[name]
-    return refs
-
-
-def _check_runner(runner, file: str, refs: list[dict], batches: list[InputBatch], tol: Tolerance,
-                  tasks_by_output: dict[str, str]) -> list[dict]:
-    """Run every batch, then compare each output over all batches at once (one output scale)."""
-    got: dict[str, list] = {}
-    with runner:
-        names = [n for n in refs[0] if n in runner.output_names]
-        for b in batches:
-            actual = runner.infer({INPUT_NAME: b.array})
-            for name in names:
-                got.setdefault(name, []).append(actual[name])
-    reference = {name: np.concatenate([r[name] for r in refs]) for name in names}
-    actual = {name: np.concatenate(arrays) for name, arrays in got.items()}
-    return [{"file": file, "task": tasks_by_output[c.output], **c.to_json(), "inputs": [b.kind for b in batches]}
-            for c in compare_outputs(reference, actual, tol)]
-
-
-def _raise_failures(results: list[dict]) -> None:
-    failed = [r for r in results if not r["passed"]]
-    if failed:
-        r = failed[0]
-        more = f" ({len(failed) - 1} more output(s) failed too)" if len(failed) > 1 else ""
-        raise ExportError(f"verification failed for task '{r['task']}' in {r['file']}: {r['reason']}{more}; "
-                          "nothing was written (export without verification to inspect the files anyway)")
-
-
 # -- the export -----------------------------------------------------------------------------------
 def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | None = None, *,
                  progress: Progress | None = None, **overrides) -> dict:
@@ -250,43 +204,43 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     # absolute and normalised: '.' or 'a/..' must name the folder itself, not an empty name beside it
     dest = Path(os.path.abspath(out))
     with staged_dir(dest, owns=is_export_dir, what="an export", param="out") as staging:
-        with _step("load", timings, progress, "loading the backbone and checking the tasks"):
+        with step("load", timings, progress, "loading the backbone and checking the tasks"):
             backbone = _load_backbone(tasks, weights)
             size = _input_size(tasks, backbone, opts.input_size, opts.allow_resize)
             preprocessing = _preprocessing(tasks, backbone, size)
-        with _step("plan", timings, progress, "building the fused module and its sharing plan"):
+        with step("plan", timings, progress, "building the fused module and its sharing plan"):
             fused = build_fused(backbone, tasks, size, stacked=opts.stacked)
         onnx_reports = {}
-        with _step("export", timings, progress, f"exporting model.onnx ({exporter})"):
+        with step("export", timings, progress, f"exporting model.onnx ({exporter})"):
             report = export_onnx(fused, staging / "model.onnx", outs, size, (lo, hi), opset, opts.dynamo)
             onnx_reports["model.onnx"] = report.to_json()
             opset = report.opset
         if opts.separate:
             (staging / "separate").mkdir()
             for task, name in zip(tasks, outs):
-                with _step("separate", timings, progress, f"exporting separate/{name}.onnx"):
+                with step("separate", timings, progress, f"exporting separate/{name}.onnx"):
                     rel = f"separate/{name}.onnx"
                     model = TaskModel.from_task(backbone, task)
                     onnx_reports[rel] = export_onnx(model, staging / rel, [name], size, (lo, hi), opset,
                                                     opts.dynamo).to_json() | {"file": rel}
         if opts.fp16:
-            with _step("fp16", timings, progress, "converting to model.fp16.onnx"):
+            with step("fp16", timings, progress, "converting to model.fp16.onnx"):
                 onnx_reports["model.fp16.onnx"] = convert_fp16(staging / "model.onnx", staging / "model.fp16.onnx",
                                                                outs)
         verification: dict = {"passed": None, "skipped": "--no-verify"}
         checked = None
         if opts.verify:
-            verification, checked = _verify(backbone, tasks, outs, tasks_by_output, staging, preprocessing, size,
+            verification, checked = verify_files(backbone, tasks, outs, tasks_by_output, staging, preprocessing, size,
                                             (lo, hi), opts.fp16, opts.separate, images, timings, progress)
         trt_record = None
         if opts.trt:
-            with _step("tensorrt", timings, progress, "building model.plan with TensorRT"):
+            with step("tensorrt", timings, progress, "building model.plan with TensorRT"):
                 recipe = trt_mod.build_recipe(trt_mod.tensorrt_version() or "0", opts.fp16)
                 shapes = trt_mod.profile_shapes((lo, opt, hi), size)
                 trt_record = trt_mod.build_engine(staging, recipe, shapes, workspace=opts.workspace,
                                                   timing_cache=opts.timing_cache)
             if checked is not None:
-                trt_record["verification"] = _verify_plan(staging, recipe, tasks_by_output, verification, checked,
+                trt_record["verification"] = verify_plan(staging, recipe, tasks_by_output, verification, checked,
                                                           timings, progress)
         timings["total"] = round(time.perf_counter() - start, 3)
         record = _manifest(backbone, tasks, outs, size, (lo, opt, hi), preprocessing, opset, exporter, fused,
@@ -294,41 +248,6 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
         emit(progress, STAGE, "hashing files and writing manifest.json", step="manifest")
         manifest = manifest_mod.write_manifest(staging, record)
     return manifest
-
-
-def _verify(backbone, tasks, outs, tasks_by_output, staging: Path, preprocessing: dict, size, batch, fp16: bool,
-            separate: bool, images, timings: dict, progress) -> tuple[dict, tuple]:
-    """Every ONNX file against the PyTorch task models; returns the record and (refs, batches)."""
-    with _step("verify", timings, progress, "verifying every output against the PyTorch task models"):
-        batches = verification_batches(preprocessing, size, batch, images)
-        refs = _reference(backbone, tasks, outs, batches)
-        results = _check_runner(OrtRunner(staging / "model.onnx"), "model.onnx", refs, batches, FP32,
-                                tasks_by_output)
-        for name in outs if separate else ():
-            rel = f"separate/{name}.onnx"
-            results += _check_runner(OrtRunner(staging / rel), rel, refs, batches, FP32, tasks_by_output)
-        _raise_failures(results)
-        if fp16:
-            results += _check_runner(OrtRunner(staging / "model.fp16.onnx"), "model.fp16.onnx", refs, batches,
-                                     FP16, tasks_by_output)
-            _raise_failures(results)
-    return {"passed": True, "tolerance": FP32.rel, "tolerances": {t.name: t.to_json() for t in (FP32, FP16, TF32)},
-            "reference": "each task's PyTorch model (TaskModel), float32 on CPU", "runtime": "onnxruntime CPU",
-            "inputs": [b.to_json() for b in batches], "results": results}, (refs, batches)
-
-
-def _verify_plan(staging: Path, recipe, tasks_by_output, verification: dict, checked: tuple, timings,
-                 progress) -> dict:
-    reason = missing_reason("trt")
-    if reason:
-        return {"passed": None, "skipped": reason}
-    refs, batches = checked
-    tol = FP16 if recipe.precision == "fp16" else TF32
-    with _step("tensorrt-verify", timings, progress, "verifying model.plan"):
-        results = _check_runner(TrtRunner(staging / "model.plan"), "model.plan", refs, batches, tol, tasks_by_output)
-    _raise_failures(results)
-    verification["results"] += results
-    return {"passed": True, "tolerance": tol.name}
 
 
 def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batch, preprocessing: dict, opset: int,

@@ -151,7 +151,7 @@ def build_engine(export_dir: str | Path, recipe: BuildRecipe, shapes: dict, *, p
     onnx_path = export_dir / recipe.onnx_file
     if not onnx_path.is_file():
         raise ExportError(f"{onnx_path.name} is missing; TensorRT {recipe.version} builds {recipe.precision} "
-                          f"engines from it (export with --fp16 for fp16 engines)")
+                          f"engines from it (export with fp16 for fp16 engines)")
     messages: list[str] = []
 
     class _Logger(trt.ILogger):

@@ -124,7 +124,7 @@ def test_failed_verification_keeps_the_previous_export(tmp_path, monkeypatch):
     out = tmp_path / "out"
     first = export_tasks(tasks, out, batch=(1, 4), verify=False)
     before = (out / "manifest.json").read_text()
-    monkeypatch.setattr("exporters.export.FP32", Tolerance("impossible", rel=-1.0, tie=0.0))
+    monkeypatch.setattr("exporters.verification.FP32", Tolerance("impossible", rel=-1.0, tie=0.0))
     with pytest.raises(ExportError) as exc:
         export_tasks(tasks, out, batch=(1, 4), separate=True)
     msg = _one_line(exc)

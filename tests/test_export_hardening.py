@@ -304,3 +304,24 @@ def test_weights_file_named_in_a_task_is_not_loaded(setup, tmp_path):
         export_tasks([evil], tmp_path / "out", batch=(1, 2), verify=False)
     assert "files named inside a task file are not loaded" in str(exc.value) and exc.value.param == "weights"
     assert not (tmp_path / "out").exists() and planted.stat().st_atime_ns == before
+
+
+def test_a_file_the_runtime_cannot_load_is_an_export_error(setup, tmp_path):
+    _, _, out = setup
+    bad = _write_case(out, tmp_path / "garbage", lambda m: None)
+    (bad / "model.onnx").unlink()  # a hard link to the fixture's file: replace it, never write through it
+    (bad / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(ExportError, match="changed since export|size differs"):
+        load_export(bad, device="cpu")
+    model = load_export(bad, device="cpu", check_hashes=False)
+    with pytest.raises(ExportError, match="ort-cpu cannot load .*model.onnx"):
+        model.activate()
+
+
+def test_json_that_is_not_an_object_is_refused(setup, tmp_path):
+    _, _, out = setup
+    bad = _write_case(out, tmp_path / "list", lambda m: None)
+    (bad / MANIFEST).write_text("[]")
+    assert "is not a JSON object" in error_line(cli("inspect", str(bad)))
+    with pytest.raises(ExportError, match="is not a JSON object"):
+        load_export(bad)

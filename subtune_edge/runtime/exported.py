@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, SubtuneError
 from .base import Runner, missing_reason, require
 from .manifest import Manifest, TaskOutput, read_manifest
 from .onnxruntime import OrtRunner
@@ -54,8 +54,18 @@ class ExportedModel:
         return [t.name for t in self.tasks]
 
     def activate(self) -> ExportedModel:
-        """Create the session / engine and check it has the manifest's input and outputs."""
-        self.runner.activate()
+        """Create the session / engine and check it has the manifest's input and outputs.
+
+        Raises:
+            ExportError: the runtime cannot load the file, or it lacks the manifest's input / outputs.
+        """
+        try:
+            self.runner.activate()
+        except SubtuneError:
+            raise
+        except Exception as exc:  # runtimes raise their own types (ORT's Fail, InvalidProtobuf, ...)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ExportError(f"{self.runner.name} cannot load {self.path / self.file} ({first}); re-export") from None
         if not self._checked:
             missing = [t.output for t in self.tasks if t.output not in self.runner.output_names]
             if missing or self.input_name not in self.runner.input_names:

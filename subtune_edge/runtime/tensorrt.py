@@ -39,7 +39,7 @@ class TrtRunner(Runner):
         self.engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
             raise RuntimeMissingError(f"TensorRT could not deserialize {self.plan}: built by another TensorRT "
-                                      "version or for another GPU? rebuild it with `subtune-edge export --trt`")
+                                      "version or for another GPU? rebuild it by exporting again with trt")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

@@ -1,0 +1,107 @@
+"""Verification of an export being built: every file against the PyTorch task models.
+
+The comparator (:mod:`.verify`) knows nothing of runtimes; this runs the files on their runners
+(:mod:`subtune_edge.runtime`), collects the outputs and turns failures into one ExportError line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from subtune_edge.backbone import Backbone
+from subtune_edge.errors import ExportError
+from subtune_edge.multitask import TaskModel
+from subtune_edge.progress import Progress, emit
+from subtune_edge.runtime import OrtRunner, TorchRunner, TrtRunner, missing_reason
+from subtune_edge.task import Task
+
+from .inputs import InputBatch, verification_batches
+from .shapes import INPUT_NAME
+from .verify import FP16, FP32, TF32, Tolerance, compare_outputs
+
+STAGE = "export"
+
+
+@contextlib.contextmanager
+def step(name: str, timings: dict, progress: Progress | None, message: str):
+    emit(progress, STAGE, message, step=name)
+    start = time.perf_counter()
+    yield
+    timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+
+def reference_outputs(backbone: Backbone, tasks: list[Task], outs: list[str], batches: list[InputBatch]):
+    """PyTorch outputs of each task model (fp32, CPU), per batch: [{output: array}]."""
+    refs: list[dict] = [{} for _ in batches]
+    for task, name in zip(tasks, outs):
+        with TorchRunner(TaskModel.from_task(backbone, task), [name]) as runner:
+            for i, b in enumerate(batches):
+                refs[i][name] = runner.infer({INPUT_NAME: b.array})[name]
+    return refs
+
+
+def check_runner(runner, file: str, refs: list[dict], batches: list[InputBatch], tol: Tolerance,
+                  tasks_by_output: dict[str, str]) -> list[dict]:
+    """Run every batch, then compare each output over all batches at once (one output scale)."""
+    got: dict[str, list] = {}
+    with runner:
+        names = [n for n in refs[0] if n in runner.output_names]
+        for b in batches:
+            actual = runner.infer({INPUT_NAME: b.array})
+            for name in names:
+                got.setdefault(name, []).append(actual[name])
+    reference = {name: np.concatenate([r[name] for r in refs]) for name in names}
+    actual = {name: np.concatenate(arrays) for name, arrays in got.items()}
+    return [{"file": file, "task": tasks_by_output[c.output], **c.to_json(), "inputs": [b.kind for b in batches]}
+            for c in compare_outputs(reference, actual, tol)]
+
+
+def raise_failures(results: list[dict]) -> None:
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        r = failed[0]
+        more = f" ({len(failed) - 1} more output(s) failed too)" if len(failed) > 1 else ""
+        raise ExportError(f"verification failed for task '{r['task']}' in {r['file']}: {r['reason']}{more}; "
+                          "nothing was written (export without verification to inspect the files anyway)")
+
+
+
+
+def verify_files(backbone, tasks, outs, tasks_by_output, staging: Path, preprocessing: dict, size, batch, fp16: bool,
+            separate: bool, images, timings: dict, progress) -> tuple[dict, tuple]:
+    """Every ONNX file against the PyTorch task models; returns the record and (refs, batches)."""
+    with step("verify", timings, progress, "verifying every output against the PyTorch task models"):
+        batches = verification_batches(preprocessing, size, batch, images)
+        refs = reference_outputs(backbone, tasks, outs, batches)
+        results = check_runner(OrtRunner(staging / "model.onnx"), "model.onnx", refs, batches, FP32,
+                                tasks_by_output)
+        for name in outs if separate else ():
+            rel = f"separate/{name}.onnx"
+            results += check_runner(OrtRunner(staging / rel), rel, refs, batches, FP32, tasks_by_output)
+        raise_failures(results)
+        if fp16:
+            results += check_runner(OrtRunner(staging / "model.fp16.onnx"), "model.fp16.onnx", refs, batches,
+                                     FP16, tasks_by_output)
+            raise_failures(results)
+    return {"passed": True, "tolerance": FP32.rel, "tolerances": {t.name: t.to_json() for t in (FP32, FP16, TF32)},
+            "reference": "each task's PyTorch model (TaskModel), float32 on CPU", "runtime": "onnxruntime CPU",
+            "inputs": [b.to_json() for b in batches], "results": results}, (refs, batches)
+
+
+def verify_plan(staging: Path, recipe, tasks_by_output, verification: dict, checked: tuple, timings,
+                 progress) -> dict:
+    reason = missing_reason("trt")
+    if reason:
+        return {"passed": None, "skipped": reason}
+    refs, batches = checked
+    tol = FP16 if recipe.precision == "fp16" else TF32
+    with step("tensorrt-verify", timings, progress, "verifying model.plan"):
+        results = check_runner(TrtRunner(staging / "model.plan"), "model.plan", refs, batches, tol, tasks_by_output)
+    raise_failures(results)
+    verification["results"] += results
+    return {"passed": True, "tolerance": tol.name}
