@@ -104,7 +104,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, backends: list[str] | No
         backbone, tasks = build_suite_tasks(suite)
         export_tasks(tasks, stage / SUITE_EXPORT, weights=suite.weights, opset=suite.opset,
                      input_size=suite.input_size, batch=(1, max(config.batch_sizes)), separate=True,
-                     fp16=suite.fp16, trt=suite.trt)
+                     fp16=suite.fp16, trt=suite.trt, progress=progress)
         suite_json = {"name": suite.name, "description": suite.description,
                       "tasks": [dataclasses.asdict(t) for t in suite.tasks]}
         results = run_bench(stage / SUITE_EXPORT, config, tasks=tasks, backbone=backbone, progress=progress,

@@ -160,7 +160,8 @@ units = "layer4"
     assert results["export"]["dir"] == str(out / "export")
     assert (out / "export" / "manifest.json").is_file() and paths["json"] == out / "results.json"
     assert is_results_dir(out)
-    assert {e.stage for e in events} == {"bench"} and events[-1].done == events[-1].total
+    assert {e.stage for e in events} == {"bench", "export"}  # the suite's export reports its steps too
+    assert events[-1].stage == "bench" and events[-1].done == events[-1].total == 2
     run_suite(suite, out)  # an earlier suite's results (with its export) are replaced
     assert is_results_dir(out)
     _no_partials(tmp_path)
