@@ -235,7 +235,7 @@ def _stray_val(path):
 
 @pytest.mark.parametrize("make, expected", [
     (lambda root: "digits:nope", "error: unknown digits target 'nope'; use one of digits:digit"),
-    (lambda root: str(root / "missing"), "give --data an image folder (one subfolder per class) or a digits target"),
+    (lambda root: str(root / "missing"), "give --data an image folder (one subfolder per class) or one of those names"),
     (lambda root: _mkdir(root / "empty"), "empty has 0 classes (none); a classifier needs at least 2"),
     (lambda root: _classes(root / "one", ["only"]), "one has 1 class (only); a classifier needs at least 2"),
 ])

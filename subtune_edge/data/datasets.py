@@ -75,13 +75,16 @@ class ImageSet(torch.utils.data.Dataset):
 class ArrayImages(ImageSet):
     """uint8 images in memory, ``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB, resized to ``size`` on read.
 
+    ``meta`` holds per-image records that subsets keep aligned with their images (where a texture
+    crop was cut, which corruption an image got), so tests and studies can check provenance.
+
     Raises:
         DataError: images that are not uint8, of another shape, or not one per target.
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, key: str, size: tuple[int, int] | None = None,
                  transform: Callable | None = None, base: ImageSet | None = None,
-                 base_indices: np.ndarray | None = None):
+                 base_indices: np.ndarray | None = None, meta: dict[str, np.ndarray] | None = None):
         images = np.asarray(images)
         if images.dtype != np.uint8:
             raise DataError(f"array images must be uint8 (0..255), got {images.dtype}; scale and cast them first")
@@ -89,9 +92,14 @@ class ArrayImages(ImageSet):
             raise DataError(f"array images must have shape (N, H, W) or (N, H, W, 3), got {images.shape}")
         if len(images) != len(targets):
             raise DataError(f"{len(images)} array images but {len(targets)} targets; give one target per image")
+        meta = {k: np.asarray(v) for k, v in (meta or {}).items()}
+        for name, values in meta.items():
+            if len(values) != len(images):
+                raise DataError(f"meta '{name}' has {len(values)} records for {len(images)} images; give one per image")
         super().__init__(targets, key, transform, base, base_indices)
         self.images = images
         self.size = size
+        self.meta = meta
 
     def image(self, index: int) -> Image.Image:
         img = Image.fromarray(self.images[index]).convert("RGB")
@@ -102,7 +110,7 @@ class ArrayImages(ImageSet):
     def subset(self, indices: Sequence[int], tag: str) -> ArrayImages:
         idx = np.asarray(indices, dtype=np.int64)
         return ArrayImages(self.images[idx], self.targets[idx], _subkey(self.key, tag, idx), self.size, self.transform,
-                           *self._base_of(idx))
+                           *self._base_of(idx), meta={k: v[idx] for k, v in self.meta.items()})
 
 
 class FolderImages(ImageSet):

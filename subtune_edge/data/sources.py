@@ -1,8 +1,9 @@
-"""The three places a dataset comes from: the bundled digits, an image folder, arrays in memory.
+"""Where a dataset comes from: the bundled digits (clean or corrupted), an image folder, arrays in memory.
 
 Each returns a :class:`~subtune_edge.data.datasets.TaskData`; to add a source, write a function
-here that builds the two splits as :class:`~subtune_edge.data.datasets.ImageSet` objects and
-teach :func:`~subtune_edge.data.spec.load_data` its name.
+here (or in a module of its own, as :mod:`.textures`) that builds the two splits as
+:class:`~subtune_edge.data.datasets.ImageSet` objects, and teach
+:func:`~subtune_edge.data.spec.canonical_source` and :func:`~subtune_edge.data.spec.load_data` its name.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError
+from .corruptions import ALIASES, CORRUPTIONS, DEFAULT_SEVERITY, MIXED, SEVERITIES, corrupt, image_rng, mixed_choice
 from .datasets import ArrayImages, FolderImages, TaskData, check_classes, task_data_config
 from .images import IMAGE_EXTENSIONS, check_image, list_images
 from .splits import stratified_split
+from .textures import TEXTURES_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +35,26 @@ DIGITS_TARGETS: dict[str, tuple[list[str], Callable[[np.ndarray], np.ndarray]]] 
 }
 
 
+DIGITS_C_PREFIX = "digits-c"
+DIGITS_C_FORM = f"{DIGITS_C_PREFIX}:TARGET[:CORRUPTION[:SEVERITY]]"
+
+
 def digits_sources() -> str:
     """The digits sources as written on the command line, for messages: ``digits:digit, ...``."""
     return ", ".join(f"{DIGITS_PREFIX}:{t}" for t in DIGITS_TARGETS)
+
+
+def named_sources() -> str:
+    """Every source that is a name, not a folder, as written on the command line (for messages)."""
+    return f"{digits_sources()}, {DIGITS_C_FORM}, {TEXTURES_PREFIX}[:N]"
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits as 8x8 uint8 (0..255) and the digit of each."""
+    from sklearn.datasets import load_digits  # optional: heavy (scipy, ~1 s); only the bundled digits need it
+
+    raw = load_digits()
+    return np.clip(np.round(raw.images * (255.0 / 16.0)), 0, 255).astype(np.uint8), raw.target.astype(np.int64)
 
 
 # -- the bundled digits ------------------------------------------------------------------------------
@@ -60,21 +81,105 @@ def digits(target: str, data_config: dict, val_fraction: float = 0.2, seed: int 
     """
     if target not in DIGITS_TARGETS:
         raise DataError(f"unknown digits target '{target}'; use one of {digits_sources()}")
-    from sklearn.datasets import load_digits  # optional: heavy (scipy, ~1 s); only the bundled digits need it
-
-    raw = load_digits()
-    images = np.clip(np.round(raw.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    labels, to_class = DIGITS_TARGETS[target]
-    targets = to_class(raw.target.astype(np.int64))
+    images, digit = _load_digits()
     cfg = dict(data_config, crop_pct=1.0, crop_mode="center")
     size = (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
-    source = f"{DIGITS_PREFIX}:{target}"
-    train_idx, val_idx = stratified_split(raw.target, val_fraction, seed)
     # the key names the images only: the three targets share cached activations
-    everything = ArrayImages(images, targets, f"{DIGITS_PREFIX}@{size[0]}x{size[1]}", size)
-    return TaskData(source, list(labels), everything.subset(train_idx, f"train{val_fraction}s{seed}"),
+    everything = ArrayImages(images, DIGITS_TARGETS[target][1](digit), f"{DIGITS_PREFIX}@{size[0]}x{size[1]}", size)
+    return _split_digits(f"{DIGITS_PREFIX}:{target}", target, everything, digit, cfg, val_fraction, seed)
+
+
+def _split_digits(source: str, target: str, everything: ArrayImages, digit: np.ndarray, cfg: dict,
+                  val_fraction: float, seed: int) -> TaskData:
+    """The digits' split (by the digit, so every target and corruption shares it) and their settings."""
+    train_idx, val_idx = stratified_split(digit, val_fraction, seed)
+    return TaskData(source, list(DIGITS_TARGETS[target][0]),
+                    everything.subset(train_idx, f"train{val_fraction}s{seed}"),
                     everything.subset(val_idx, f"val{val_fraction}s{seed}"), cfg, augment_default=False,
                     aug_args={"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.85, 1.15)})
+
+
+# -- the bundled digits, corrupted -------------------------------------------------------------------
+def parse_digits_c(source: str) -> tuple[str, str, int]:
+    """``(target, corruption, severity)`` of ``digits-c[:TARGET[:CORRUPTION[:SEVERITY]]]``, defaults filled in.
+
+    Defaults: target ``digit``, corruption ``mixed``, severity 3. ``noise``, ``blur`` and ``jpeg``
+    stand for the CIFAR-10-C names.
+
+    Args:
+        source: the spec as written.
+
+    Returns:
+        The target, the corruption's CIFAR-10-C name (or ``mixed``) and the severity.
+
+    Raises:
+        DataError: too many parts, an unknown target or corruption, a severity that is not 1..5.
+    """
+    parts = source.split(":")
+    if parts[0] != DIGITS_C_PREFIX or len(parts) > 4:
+        raise DataError(f"'{source}' is not of the form {DIGITS_C_FORM}; set {{param}} to e.g. "
+                        f"{DIGITS_C_PREFIX}:digit:contrast:3", param="data_source")
+    target, corruption, severity = (parts[1:] + ["", "", ""])[:3]
+    target = target or "digit"
+    if target not in DIGITS_TARGETS:
+        raise DataError(f"unknown {DIGITS_C_PREFIX} target '{target}' in '{source}'; use one of "
+                        f"{', '.join(DIGITS_TARGETS)}: set {{param}} to e.g. {DIGITS_C_PREFIX}:digit",
+                        param="data_source")
+    corruption = ALIASES.get(corruption, corruption) or MIXED
+    if corruption not in (*CORRUPTIONS, MIXED):
+        raise DataError(f"unknown corruption '{corruption}' in '{source}'; use one of {', '.join(CORRUPTIONS)} "
+                        f"(or {', '.join(ALIASES)}) or {MIXED}: set {{param}} to e.g. "
+                        f"{DIGITS_C_PREFIX}:{target}:contrast", param="data_source")
+    severity = severity or str(DEFAULT_SEVERITY)
+    if severity.strip() not in {str(v) for v in SEVERITIES}:
+        raise DataError(f"severity '{severity}' in '{source}' is not one of {SEVERITIES[0]}..{SEVERITIES[-1]}; "
+                        f"set {{param}} to e.g. {DIGITS_C_PREFIX}:{target}:{corruption}:{DEFAULT_SEVERITY}",
+                        param="data_source")
+    return target, corruption, int(severity)
+
+
+def digits_c(target: str, data_config: dict, corruption: str = MIXED, severity: int = DEFAULT_SEVERITY,
+             val_fraction: float = 0.2, seed: int = 0) -> TaskData:
+    """The digits upscaled to the input size, then corrupted as CIFAR-10-C (:mod:`.corruptions`).
+
+    The images are a fixed dataset: every image's draws (noise, the ``mixed`` choice) come from a
+    generator seeded by its index alone, so one spec gives the same pixels in every process, and
+    the split is the clean digits' (by the digit, with ``seed``): train and validation indices
+    equal those of ``digits:TARGET``, and clean-vs-corrupted comparisons pair image by image. The
+    validation split is corrupted as the training split is (CIFAR-10-C's setting for finetuning).
+
+    Args:
+        target: ``digit``, ``parity`` or ``ge5``, as for :func:`digits`.
+        data_config: the backbone's timm data config at the wanted input size.
+        corruption: one of :data:`~subtune_edge.data.corruptions.CORRUPTIONS`, or ``mixed`` (one of
+            them per image).
+        severity: 1..5.
+        val_fraction: the share of each digit held out for validation.
+        seed: the split's seed.
+
+    Returns:
+        The 1,797 corrupted digits, split; ``train.meta["corruption"]`` names each image's.
+
+    Raises:
+        DataError: an unknown target, corruption or severity.
+    """
+    target, corruption, severity = parse_digits_c(f"{DIGITS_C_PREFIX}:{target}:{corruption}:{severity}")
+    images, digit = _load_digits()
+    cfg = dict(data_config, crop_pct=1.0, crop_mode="center")
+    h, w = int(cfg["input_size"][1]), int(cfg["input_size"][2])
+    out = np.empty((len(images), h, w), dtype=np.uint8)
+    names = []
+    for i, img in enumerate(images):
+        # the same resize ArrayImages applies to the clean digits on read
+        up = np.asarray(Image.fromarray(img, "L").resize((w, h), Image.Resampling.BICUBIC))
+        name = mixed_choice(i) if corruption == MIXED else corruption
+        out[i] = corrupt(up, name, severity, image_rng(i))
+        names.append(name)
+    source = f"{DIGITS_C_PREFIX}:{target}:{corruption}:{severity}"
+    key = f"{DIGITS_C_PREFIX}:{corruption}:{severity}@{h}x{w}"  # the images only, as for the clean digits
+    everything = ArrayImages(out, DIGITS_TARGETS[target][1](digit), key, (h, w), meta={"corruption": np.array(names)})
+    log.debug("%s: %d images corrupted at %dx%d", source, len(out), h, w)
+    return _split_digits(source, target, everything, digit, cfg, val_fraction, seed)
 
 
 # -- arrays in memory --------------------------------------------------------------------------------
@@ -180,8 +285,8 @@ def image_folder(root: str | os.PathLike, data_config: dict, val_fraction: float
     root = Path(root)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
-        raise DataError(f"data '{root}' {what} and is not one of {digits_sources()}; "
-                        "give {param} an image folder (one subfolder per class) or a digits target",
+        raise DataError(f"data '{root}' {what} and is not one of {named_sources()}; "
+                        "give {param} an image folder (one subfolder per class) or one of those names",
                         param="data_source")
     cfg = dict(data_config)
     key_base = f"folder:{root.resolve()}@{cfg['input_size'][1]}x{cfg['input_size'][2]}"

@@ -15,10 +15,41 @@ import numpy as np
 
 from ..errors import DataError
 from .datasets import TaskData, check_classes, task_data_config
-from .sources import DIGITS_PREFIX, digits, image_folder
+from .sources import DIGITS_C_PREFIX, DIGITS_PREFIX, digits, digits_c, image_folder, parse_digits_c
 from .splits import stratified_folds, stratified_sample
+from .textures import TEXTURES_PREFIX, parse_textures, skimage_textures
 
 log = logging.getLogger(__name__)
+
+
+def _named(source: str, prefix: str) -> bool:
+    return source == prefix or source.startswith(prefix + ":")
+
+
+def canonical_source(source: str) -> str:
+    """``source`` with the defaults of a named source written out (``digits-c:digit`` -> ``digits-c:digit:mixed:3``).
+
+    So that a spec's JSON, and every key and hash made from it (run logs, caches), names the
+    corruption, severity and crop count, and equal data has one name. Folders and ``digits:``
+    are returned as given.
+
+    Args:
+        source: a data source as written.
+
+    Returns:
+        The canonical spelling.
+
+    Raises:
+        DataError: a ``digits-c`` or ``skimage-textures`` spec that is malformed.
+    """
+    if not isinstance(source, str):
+        return source
+    if _named(source, DIGITS_C_PREFIX):
+        target, corruption, severity = parse_digits_c(source)
+        return f"{DIGITS_C_PREFIX}:{target}:{corruption}:{severity}"
+    if _named(source, TEXTURES_PREFIX):
+        return f"{TEXTURES_PREFIX}:{parse_textures(source)}"
+    return source
 
 
 @dataclass(frozen=True)
@@ -26,10 +57,15 @@ class DataSpec:
     """Everything that determines a :class:`TaskData`, so another process can rebuild it exactly.
 
     ``folds``/``fold`` replace the validation split by fold ``fold`` of a stratified k-fold split
-    of the training split (the held-out validation split is then not used at all).
+    of the training split (the held-out validation split is then not used at all). The source is
+    stored in its :func:`canonical_source` spelling; a malformed named source is refused here.
+
+    Raises:
+        DataError: a malformed ``digits-c`` or ``skimage-textures`` source.
     """
 
-    source: str = field(metadata={"help": "An image folder, or digits:digit / digits:parity / digits:ge5."})
+    source: str = field(metadata={"help": "An image folder, or digits:TARGET (digit, parity, ge5), "
+                                          "digits-c:TARGET[:CORRUPTION[:SEVERITY]] or skimage-textures[:N]."})
     input_size: tuple[int, int] | None = field(default=None, metadata={
         "help": "(H, W) to prepare images at; None: the backbone's pretrained config."})
     val_fraction: float = field(default=0.2, metadata={
@@ -41,6 +77,9 @@ class DataSpec:
     fold: int | None = field(default=None, metadata={"help": "Which fold (0..folds-1) validates, with folds."})
     val_samples: int | None = field(default=None, metadata={
         "help": "Keep a stratified subset of this many validation samples (quicker searches)."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", canonical_source(self.source))
 
     def with_fold(self, fold: int | None) -> DataSpec:
         """The same data, validated on another fold."""
@@ -72,7 +111,8 @@ def load_data(spec: DataSpec | str, data_config: dict) -> TaskData:
     """Build the :class:`TaskData` that ``spec`` names, prepared with a backbone's data config.
 
     Args:
-        spec: a :class:`DataSpec`, or just its source (an image folder, ``digits:parity``).
+        spec: a :class:`DataSpec`, or just its source (an image folder, ``digits:parity``,
+            ``digits-c:digit:contrast:3``, ``skimage-textures:60``).
         data_config: the backbone's timm data config; ``spec.input_size`` overrides its resolution.
 
     Returns:
@@ -80,13 +120,19 @@ def load_data(spec: DataSpec | str, data_config: dict) -> TaskData:
 
     Raises:
         DataError: the source does not exist or cannot be trained on (see :func:`image_folder`,
-            :func:`digits`), or the samples / fold asked for do not fit the data.
+            :func:`digits`, :func:`digits_c`, :func:`skimage_textures`), or the samples / fold asked
+            for do not fit the data.
     """
     if isinstance(spec, str):
         spec = DataSpec(spec)
     cfg = task_data_config(data_config, spec.input_size)
-    if spec.source == DIGITS_PREFIX or spec.source.startswith(DIGITS_PREFIX + ":"):
+    if _named(spec.source, DIGITS_PREFIX):
         data = digits(spec.source.partition(":")[2] or "digit", cfg, spec.val_fraction, spec.split_seed)
+    elif _named(spec.source, DIGITS_C_PREFIX):
+        target, corruption, severity = parse_digits_c(spec.source)
+        data = digits_c(target, cfg, corruption, severity, spec.val_fraction, spec.split_seed)
+    elif _named(spec.source, TEXTURES_PREFIX):
+        data = skimage_textures(parse_textures(spec.source), cfg, spec.val_fraction, spec.split_seed)
     else:
         data = image_folder(spec.source, cfg, spec.val_fraction, spec.split_seed)
     if spec.train_samples is not None:
