@@ -257,6 +257,11 @@ def test_sixteen_bit_and_float_images_match_their_eight_bit_equivalent(setup, tm
     scale = np.abs(logits["g8.png"]).max()
     for name in ("g16.png", "gf.tif"):
         assert np.abs(logits[name] - logits["g8.png"]).max() <= 0.02 * scale, name
+    result = cli("predict", str(out), *(str(tmp_path / n) for n in ("g8.png", "g16.png", "gf.tif")), "--json",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    scores = [r["tasks"]["parity"][0]["score"] for r in json.loads(result.stdout)]
+    assert max(scores) - min(scores) < 0.01, scores
 
 
 @pytest.fixture(scope="module")

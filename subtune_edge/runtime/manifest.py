@@ -264,7 +264,14 @@ def is_export_dir(path: str | os.PathLike) -> bool:
     True only for a folder whose ``manifest.json`` is a valid subtune-edge export manifest and that
     holds nothing the manifest does not list: a user's folder that merely has a file called
     ``manifest.json`` (a browser extension, a web app) is never taken for an export. The rule that
-    :func:`subtune_edge.io.staged_dir` is given as ``owns``.
+    :func:`subtune_edge.io.staged_dir` is given as ``owns``. File hashes are not checked: an
+    export whose files were changed is still ours to replace.
+
+    Args:
+        path: the folder to judge.
+
+    Returns:
+        True when replacing ``path`` can lose nothing but an earlier export.
     """
     path = Path(path)
     if not (path / MANIFEST).is_file() or (path / MANIFEST).is_symlink():
