@@ -83,9 +83,13 @@ def _config_help(name: str, extra: str = "") -> str:
 
 
 TRAINING_OPTIONS = [
-    click.option("--data", "data_source", required=True, metavar="PATH|digits:TARGET",
-                 help="Image folder (root/train/<class>, root/val/<class>, or root/<class>) or the bundled "
-                      "digits: digits:digit, digits:parity, digits:ge5. Under torchrun every process reads it."),
+    click.option("--data", "data_source", required=True, metavar="PATH|NAME",
+                 help="Image folder (root/train/<class>, root/val/<class>, or root/<class>) or bundled data: "
+                      "digits:digit, digits:parity, digits:ge5; digits-c:TARGET[:CORRUPTION[:SEVERITY]], the digits "
+                      "corrupted as in CIFAR-10-C (gaussian_noise, gaussian_blur, contrast, jpeg_compression, or "
+                      "mixed: one per image, the default; severity 1-5, default 3); skimage-textures[:N], N crops "
+                      "per class (default 60) of 10 photos bundled with scikit-image, train and val crops from "
+                      "disjoint regions. Under torchrun every process reads it."),
     weights_option,
     input_size_option,
     click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help=_config_help("epochs")),
@@ -98,7 +102,8 @@ TRAINING_OPTIONS = [
     click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                  help=_config_help("label_smoothing")),
     click.option("--augment/--no-augment", default=None,
-                 help="RandomResizedCrop + flip. Default: on for image folders, off for digits."),
+                 help="RandomResizedCrop + flip. Default: on for image folders, off for digits, digits-c and "
+                      "skimage-textures."),
     click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
                  help="Compute the frozen prefix once when inputs are deterministic (no augmentation)."),
     click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
