@@ -97,12 +97,39 @@ class MultiTaskModel(nn.Module):
         return tuple(outputs)
 
 
+def weights_for_tasks(tasks: list[Task], weights: str | None = None) -> str:
+    """The weights source to build the tasks' backbone with: the caller's, or the tasks' own named one.
+
+    A task file is data: it may name the timm hub, ``random`` or ``offline`` weights, but a weights
+    *file* recorded in it is never opened unless the caller passes it again, so a shared task file
+    cannot make this process read a path of its choosing.
+
+    Args:
+        tasks: the tasks (the first one's record is used; :func:`backbone_for_tasks` checks they agree).
+        weights: the caller's weights source, or None.
+
+    Returns:
+        ``weights`` when given, else the tasks' recorded source when it is timm, random or offline.
+
+    Raises:
+        WeightsError: the tasks were trained on a weights file and ``weights`` is None.
+    """
+    if weights is not None:
+        return weights
+    if not tasks:
+        raise TaskFileError("give at least one task", param="tasks")
+    recorded = tasks[0].backbone.weights
+    if recorded not in SPECS:
+        raise WeightsError(f"task '{tasks[0].name}' was trained on the weights file {recorded[:80]}; a task file "
+                           "never opens a file by itself: pass that file again as {param}", param="weights")
+    return recorded
+
+
 def backbone_for_tasks(tasks: list[Task], weights: str | None = None) -> Backbone:
     """The one backbone all ``tasks`` run on, with the weights they were trained on.
 
-    A task file is data: it may name the timm hub, ``random`` or ``offline`` weights, which are
-    created as named, but a weights *file* recorded in it is never opened unless the caller passes
-    it again as ``weights``, so a shared task file cannot make this process read a path.
+    Weights come from :func:`weights_for_tasks`: a weights file recorded in a task file is never
+    opened unless the caller passes it again as ``weights``.
 
     Args:
         tasks: the tasks, all on one backbone with one set of frozen weights.
@@ -130,12 +157,7 @@ def backbone_for_tasks(tasks: list[Task], weights: str | None = None) -> Backbon
                 f"task '{t.name}' was trained on other {t.backbone.model_name} weights than '{first.name}' "
                 f"(fingerprint {t.fingerprint[:8]}… != {first.fingerprint[:8]}…); tasks in one export must "
                 "share the same frozen weights")
-    if weights is None:
-        weights = first.backbone.weights
-        if weights not in SPECS:
-            raise WeightsError(
-                f"task '{first.name}' was trained on the weights file {weights[:80]}; a task file never opens a "
-                "file by itself: pass that file again as {param}", param="weights")
+    weights = weights_for_tasks(tasks, weights)
     spec = BackboneSpec(first.backbone.model_name, weights, first.backbone.model_args)
     log.debug("loading %s with %s weights for %d tasks", spec.model_name, weights, len(tasks))
     backbone = load_backbone(spec)

@@ -69,7 +69,7 @@ def describe(value) -> str:
     """A JSON value as an error message names it: ``a string "two"``, ``a list``, ``null``, ``missing``."""
     if value is _MISSING or value is None:
         return "missing" if value is _MISSING else "null"
-    kind = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
             list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
     text = json.dumps(value) if not isinstance(value, (list, dict)) else ""
     return f"{kind} {text[:40]}".rstrip()
@@ -92,7 +92,8 @@ def _numbers(n: int, ok=lambda x: True):
 
 
 _PREPROCESSING = {  # key -> (check, what is expected); keys a timm data config has
-    "input_size": (_numbers(3, lambda x: _is_int(x) and x > 0), "[channels, height, width] (positive integers)"),
+    "input_size": (lambda v: _numbers(3, _is_int)(v) and v[0] == 3 and 0 < v[1] <= 8192 and 0 < v[2] <= 8192,
+                   "[3, height, width] with height and width in 1..8192"),
     "mean": (_numbers(3), "a list of 3 numbers"),
     "std": (_numbers(3, lambda x: x > 0), "a list of 3 positive numbers"),
     "interpolation": (lambda v: isinstance(v, str), "a string such as 'bilinear'"),
