@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 
 from subtune_edge.data.images import check_image, is_image_file
 from subtune_edge.errors import ExportError
@@ -38,11 +39,7 @@ def seeded_batch(n: int, input_size: tuple[int, int], seed: int = SEED) -> np.nd
 
 
 def sample_images() -> list[tuple[str, np.ndarray]]:
-    """scikit-image's bundled photos as (name, HxWx3 uint8), or none where it is not installed."""
-    try:
-        import skimage.data
-    except ImportError:
-        return []
+    """scikit-image's bundled photos as (name, HxWx3 uint8); those missing from this install are skipped."""
     out = []
     for name in SAMPLE_IMAGES:
         try:

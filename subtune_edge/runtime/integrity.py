@@ -5,16 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import onnx
 
 from ..errors import ExportError
 from ..io import sha256_file
+from .records import InputSpec, TaskOutput
 from .schema import MANIFEST, safe_relpath
 
-if TYPE_CHECKING:
-    from .manifest import Manifest
+
+class GraphContract(Protocol):
+    """What a graph is checked against: a :class:`~subtune_edge.runtime.manifest.Manifest` has it."""
+
+    input: InputSpec
+    tasks: tuple[TaskOutput, ...]
 
 
 def inside(root: Path, rel: str) -> Path:
@@ -34,7 +39,7 @@ def inside(root: Path, rel: str) -> Path:
     return path
 
 
-def listed_files(manifest: Manifest | Mapping) -> dict[str, dict]:
+def listed_files(manifest: Mapping) -> dict[str, dict]:
     """The manifest's ``files`` as JSON (path -> {sha256, bytes}), each path checked to stay inside.
 
     Takes a :class:`Manifest` or its JSON form, so that a manifest held as a dict is checked the same way.
@@ -45,7 +50,7 @@ def listed_files(manifest: Manifest | Mapping) -> dict[str, dict]:
     return dict(files)
 
 
-def selected(manifest: Manifest | Mapping, only: Collection[str] | None) -> list[str]:
+def selected(manifest: Mapping, only: Collection[str] | None) -> list[str]:
     """The listed files to check: all, or those in ``only`` and their ``.data`` external-data files."""
     files = listed_files(manifest)
     if only is None:
@@ -53,7 +58,7 @@ def selected(manifest: Manifest | Mapping, only: Collection[str] | None) -> list
     return [rel for rel in files if rel in only or any(rel == f + ".data" for f in only)]
 
 
-def check_files(root: str | os.PathLike, manifest: Manifest | Mapping,
+def check_files(root: str | os.PathLike, manifest: Mapping,
                 only: Collection[str] | None = None) -> dict[str, str]:
     """Re-hash the files the manifest lists.
 
@@ -86,7 +91,7 @@ def check_files(root: str | os.PathLike, manifest: Manifest | Mapping,
     return status
 
 
-def unlisted(root: str | os.PathLike, manifest: Manifest | Mapping) -> list[str]:
+def unlisted(root: str | os.PathLike, manifest: Mapping) -> list[str]:
     """Entries of the folder (files, links, empty folders) that are neither the manifest nor listed in it."""
     root = Path(root)
     listed = set(listed_files(manifest)) | {MANIFEST}
@@ -107,7 +112,7 @@ def unlisted(root: str | os.PathLike, manifest: Manifest | Mapping) -> list[str]
     return sorted(out)
 
 
-def require_intact(root: str | os.PathLike, manifest: Manifest | Mapping, only: Collection[str] | None = None) -> None:
+def require_intact(root: str | os.PathLike, manifest: Mapping, only: Collection[str] | None = None) -> None:
     """Raise naming the first listed file that does not match its recorded hash.
 
     Raises:
@@ -137,7 +142,7 @@ def _dims(value_info) -> list[int | str | None]:
     return dims
 
 
-def check_graph(root: str | os.PathLike, manifest: Manifest, rel: str) -> None:
+def check_graph(root: str | os.PathLike, manifest: GraphContract, rel: str) -> None:
     """Check that ``rel`` (an ONNX file of the export) has the input and outputs the manifest states.
 
     Raises:
