@@ -138,10 +138,10 @@ def check_replaceable(dest: Path, owns: Callable[[Path], bool] | None, what: str
         SubtuneError: ``dest`` is a file, or a non-empty folder that is not recognisably ours.
     """
     if dest.exists() and not dest.is_dir():
-        raise SubtuneError(f"{param} {dest} is a file; choose a folder name for {what}")
+        raise SubtuneError(f"{{param}} {dest} is a file; choose a folder name for {what}", param=param)
     if dest.is_dir() and any(dest.iterdir()) and not (owns is not None and owns(dest)):
-        raise SubtuneError(f"{param} {dest} is a non-empty folder that is not {what} made by subtune-edge "
-                           f"(or holds other files too); choose a new or empty folder")
+        raise SubtuneError(f"{{param}} {dest} is a non-empty folder that is not {what} made by subtune-edge "
+                           f"(or holds other files too); choose a new or empty folder", param=param)
 
 
 @contextlib.contextmanager
@@ -173,7 +173,8 @@ def staged_dir(dest: str | os.PathLike, owns: Callable[[Path], bool] | None = No
                                         dir=dest.parent))
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise SubtuneError(f"cannot write {param} {dest} ({reason}); choose a writable folder") from exc
+        raise SubtuneError(f"cannot write {{param}} {dest} ({reason}); choose a writable folder",
+                           param=param) from exc
     _chmod_umask(staging, 0o777)
     try:
         yield staging

@@ -1,10 +1,12 @@
+import json
+
 import pytest
 
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
 from subtune_edge.errors import SubtuneError
 from subtune_edge.search import GreedyConfig, SearchSetup, greedy_select
-from subtune_edge.search.latency import LatencyTable, front_report, pareto_front, plot_front
+from subtune_edge.search.latency import COSTS_FORMAT, LatencyTable, front_report, pareto_front, plot_front
 from subtune_edge.train import TrainConfig
 
 UNITS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]
@@ -49,3 +51,29 @@ def test_latency_budget_needs_a_table_for_the_same_model():
     other = LatencyTable("resnet50", "ort-cpu", 1, "x", TABLE.added_ms)
     with pytest.raises(SubtuneError, match="measured for 'resnet50', not 'resnet18'"):
         greedy_select(_setup(), GreedyConfig(max_latency_ms=1.0, latency_table=other))
+
+
+GOOD_TABLE = {"format": "subtune-edge.device-costs", "model": "resnet18", "backend": "ort-cpu", "batch": 1,
+              "units": [{"unit": "layer4.1", "index": 7, "added_ms": 1.0}]}
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda t: [t], "not a device cost table"),
+    (lambda t: {**t, "units": "abc"}, "'units'"),
+    (lambda t: {**t, "units": []}, "'units'"),
+    (lambda t: {**t, "units": [None]}, "'units[0]'"),
+    (lambda t: {**t, "units": [{"unit": "layer4.1", "index": 7, "added_ms": "fast"}]}, "'units[0]'"),
+    (lambda t: {**t, "batch": "one"}, "'batch'"),
+    (lambda t: {**t, "model": 5}, "'model'"),
+    (lambda t: {**t, "environment": "x"}, None),     # ignored: only describes the device
+])
+def test_malformed_cost_tables_are_refused_in_one_line(tmp_path, edit, field):
+    good = {**GOOD_TABLE, "format": COSTS_FORMAT}
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(edit(good)))
+    if field is None:
+        assert LatencyTable.read(path).added_ms == (("layer4.1", 1.0),)
+        return
+    with pytest.raises(SubtuneError) as err:
+        LatencyTable.read(path)
+    assert field in str(err.value) and "\n" not in str(err.value)

@@ -10,6 +10,7 @@ matters; it can be used for selection anywhere). Without a table, branch FLOPs s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def read_cost_table(path: str | Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise SubtuneError(f"cannot read cost table {p} ({exc}); create it with `subtune-edge profile-device`") \
             from exc
-    if data.get("format") != COSTS_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != COSTS_FORMAT:
         raise SubtuneError(f"{p} is not a device cost table; create it with `subtune-edge profile-device`")
     return data
 
@@ -48,11 +49,29 @@ class LatencyTable:
         Raises:
             SubtuneError: the JSON is not a device cost table.
         """
-        if data.get("format") != COSTS_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != COSTS_FORMAT:
             raise SubtuneError(f"{where} is not a device cost table; create it with `subtune-edge profile-device`")
-        env = data.get("environment") or {}
-        device = (env.get("gpus") or [{}])[0].get("name") if env.get("gpus") else env.get("jetson") or env.get("cpu")
-        rows = sorted(data["units"], key=lambda r: r["index"])
+
+        def bad(field: str, expected: str) -> SubtuneError:
+            return SubtuneError(f"{where}: '{field}' must be {expected}; re-measure it with "
+                                "`subtune-edge profile-device`")
+
+        for key in ("model", "backend"):
+            if not isinstance(data.get(key), str):
+                raise bad(key, "a string")
+        if not isinstance(data.get("batch"), int) or isinstance(data.get("batch"), bool) or data["batch"] < 1:
+            raise bad("batch", "a positive integer")
+        units = data.get("units")
+        if not isinstance(units, list) or not units:
+            raise bad("units", "a non-empty list")
+        for i, r in enumerate(units):
+            if not (isinstance(r, dict) and isinstance(r.get("unit"), str) and isinstance(r.get("index"), int)
+                    and isinstance(r.get("added_ms"), (int, float)) and math.isfinite(r["added_ms"])):
+                raise bad(f"units[{i}]", "an object with 'unit' (string), 'index' (int), 'added_ms' (finite number)")
+        env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
+        gpus = env.get("gpus") if isinstance(env.get("gpus"), list) else []
+        device = gpus[0].get("name") if gpus and isinstance(gpus[0], dict) else env.get("jetson") or env.get("cpu")
+        rows = sorted(units, key=lambda r: r["index"])
         return cls(data["model"], data["backend"], int(data["batch"]), str(device),
                    tuple((r["unit"], max(float(r["added_ms"]), 0.0)) for r in rows))
 
