@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .backbone import BackboneSpec, model_args_for_input
+from .cost import PlanCost
 from .data import DataSpec
 from .io import atomic_write_bytes
 from .search import GreedyConfig, RunLog, SearchSetup, finetuning_profile, greedy_select, make_executor, plot_profile
@@ -134,8 +135,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), on_event: OnEvent 
     bench_cfg = BenchConfig(backends=["ort-cpu"], batch_sizes=list(cfg.bench_batches), threads=cfg.threads,
                             budget=Budget(warmup=2, min_runs=5, max_runs=200, seconds=cfg.bench_seconds))
     results = run_bench(out / "export", bench_cfg, title="demo: digit, parity, ge5 on tf_efficientnet_lite0",
-                        progress=lambda label, done, total: emit("bench", {"label": label, "done": done,
-                                                                           "total": total}))
+                        progress=lambda e: emit("bench", {"label": e.message, "done": e.done, "total": e.total}))
     report = write_report(results, out / "bench")
     timings["bench"] = round(time.perf_counter() - t0, 1)
     timings["total"] = round(time.perf_counter() - start, 1)
@@ -166,18 +166,18 @@ def _linear_probe_score(greedy) -> float | None:
 
 def _summary(cfg, tasks: list[DemoTask], manifest: dict, results: dict, timings: dict, out: Path, profile_path,
              report: dict) -> dict:
-    cost = manifest["plan"]["cost"]
-    total_flops = sum(u["flops"] for u in cost["units"])
+    cost = PlanCost.from_json(manifest["plan"]["cost"])
+    total_flops = cost.total_unit_flops
     rows = [r for r in results["rows"] if r["k"] == len(tasks)]
     verification = manifest.get("verification", {})
     return {
         "config": asdict(cfg),
-        "tasks": [dict(asdict(t), branch_flops=cost["branches"][t.name]["flops"],
-                       branch_flops_share=cost["branches"][t.name]["flops"] / total_flops) for t in tasks],
+        "tasks": [dict(asdict(t), branch_flops=cost.branches[t.name].flops,
+                       branch_flops_share=cost.branches[t.name].flops / total_flops) for t in tasks],
         "verification_passed": verification.get("passed"),
         "fused_bytes": manifest["files"]["model.onnx"]["bytes"],
         "separate_bytes": sum(v["bytes"] for k, v in manifest["files"].items() if k.startswith("separate/")),
-        "ideal_ratio_flops": cost["ideal_ratio_flops"],
+        "ideal_ratio_flops": cost.ideal_ratio_flops,
         "latency": [{"batch": r["batch"], "fused_ms": r["fused"]["median_ms"],
                      "separate_ms": r["separate"]["median_ms"], "ratio": r["ratio"],
                      "ideal_ratio_flops": r["ideal_ratio_flops"]} for r in rows],
