@@ -21,11 +21,10 @@ from subtune_edge.backbone import Backbone
 from subtune_edge.cost import build_fused
 from subtune_edge.errors import ExportError
 from subtune_edge.io import staged_dir
-from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks
+from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks, weights_for_tasks
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import is_export_dir
 from subtune_edge.task import Task
-from subtune_edge.weights import SPECS as NAMED_WEIGHTS
 
 from . import manifest as manifest_mod
 from . import tensorrt as trt_mod
@@ -128,20 +127,6 @@ def _norm(value):
     return value
 
 
-def _weights(tasks: list[Task], weights: str | None) -> str:
-    """The weights to load: the caller's, or the tasks' recorded source when it is a named one.
-
-    A task file is data: a file path recorded in it is never opened unless the caller names it.
-    """
-    if weights is not None:
-        return weights
-    recorded = tasks[0].backbone.weights
-    if recorded in NAMED_WEIGHTS:
-        return recorded
-    raise ExportError(f"task '{tasks[0].name}' was trained on weights from a file ({recorded}); files named inside "
-                      "a task file are not loaded: pass {param} with that file", param="weights")
-
-
 def _load_backbone(tasks: list[Task], weights: str) -> Backbone:
     """The tasks' backbone, created as timm's onnx_export.py creates models (``exportable=True``)."""
     with set_layer_config(scriptable=False, exportable=True, no_jit=True):
@@ -175,6 +160,7 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
         ExportError: ``out`` may not be replaced, options that cannot work, tasks that cannot be
             fused, or an output past its verification tolerance (nothing is written then).
         TaskFileError: tasks of different backbones or frozen weights.
+        WeightsError: the tasks were trained on a weights file and ``weights`` does not name it again.
         RuntimeMissingError: ``trt`` without TensorRT (checked before any work).
         TypeError: a keyword that is not an :class:`ExportOptions` field.
     """
@@ -200,7 +186,7 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     tasks = list(tasks)
     outs = output_names([t.name for t in tasks])
     tasks_by_output = dict(zip(outs, (t.name for t in tasks)))
-    weights = _weights(tasks, opts.weights)
+    weights = weights_for_tasks(tasks, opts.weights)  # a weights file named in a task file is never opened
     # absolute and normalised: '.' or 'a/..' must name the folder itself, not an empty name beside it
     dest = Path(os.path.abspath(out))
     with staged_dir(dest, owns=is_export_dir, what="an export", param="out") as staging:

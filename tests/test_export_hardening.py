@@ -22,7 +22,7 @@ from PIL import Image
 
 from exporters import export_tasks
 from subtune_edge.cli import main
-from subtune_edge.errors import ExportError, SubtuneError
+from subtune_edge.errors import ExportError, SubtuneError, WeightsError
 from subtune_edge.runtime import is_export_dir, load_export, read_manifest
 from subtune_edge.runtime.manifest import MANIFEST, manifest_digest
 from subtune_edge.synthetic import synthetic_task
@@ -77,7 +77,7 @@ def test_foreign_folder_with_a_manifest_json_is_refused_and_kept(setup, tmp_path
     (ext / "background.js").write_text("js\n")
     assert not is_export_dir(ext)
     line = error_line(cli(*export_args(root, ext)))
-    assert "not an export" in line and str(ext) in line
+    assert line.startswith(f"error: --out {ext} is a non-empty folder") and "not an export" in line
     assert (ext / "manifest.json").read_text() == '{"manifest_version":3}\n'
     assert (ext / "background.js").read_text() == "js\n"
     no_leftovers(tmp_path)
@@ -305,9 +305,9 @@ def test_weights_file_named_in_a_task_is_not_loaded(setup, tmp_path):
     planted.write_bytes(b"not a checkpoint")
     evil = dataclasses.replace(task, backbone=dataclasses.replace(task.backbone, weights=str(planted)))
     before = planted.stat().st_atime_ns
-    with pytest.raises(ExportError) as exc:
+    with pytest.raises(WeightsError) as exc:
         export_tasks([evil], tmp_path / "out", batch=(1, 2), verify=False)
-    assert "files named inside a task file are not loaded" in str(exc.value) and exc.value.param == "weights"
+    assert "never opens a file by itself" in str(exc.value) and exc.value.param == "weights"
     assert not (tmp_path / "out").exists() and planted.stat().st_atime_ns == before
 
 
