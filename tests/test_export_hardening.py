@@ -23,7 +23,7 @@ from PIL import Image
 from exporters import export_tasks
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, SubtuneError, WeightsError
-from subtune_edge.runtime import is_export_dir, load_export, read_manifest
+from subtune_edge.runtime import Manifest, is_export_dir, load_export, read_manifest
 from subtune_edge.runtime.manifest import MANIFEST, manifest_digest
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import save_task
@@ -330,3 +330,15 @@ def test_json_that_is_not_an_object_is_refused(setup, tmp_path):
     assert "is not a JSON object" in error_line(cli("inspect", str(bad)))
     with pytest.raises(ExportError, match="is not a JSON object"):
         load_export(bad)
+
+
+def test_manifest_record_round_trips_and_reads_like_its_json(setup):
+    _, _, out = setup
+    raw = json.loads((out / MANIFEST).read_text())
+    manifest = read_manifest(out)
+    assert manifest.to_json() == raw and Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest["tasks"][0]["labels"] == raw["tasks"][0]["labels"] and dict(manifest) == raw
+    assert manifest.sealed().manifest_sha256 == raw["manifest_sha256"] == manifest_digest(raw)
+    assert manifest.task("parity").separate == "separate/parity.onnx" and manifest.batch.dim == "batch"
+    with pytest.raises(ExportError, match="no task 'nope'; its tasks are parity"):
+        manifest.task("nope")

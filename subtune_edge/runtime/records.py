@@ -57,9 +57,7 @@ class InputSpec:
         """Check ``input``: ``[batch, 3, H, W]`` float32 NCHW."""
         c = FieldCheck(where)
         data = c.obj(data, "input")
-        shape = c.key(data, "shape", "input.shape")
-        if not isinstance(shape, list) or len(shape) != 4 or shape[1] != 3:
-            raise c.fail("input.shape", "[batch, 3, H, W]", shape)
+        shape = c.sized(c.key(data, "shape", "input.shape"), "input.shape", 4, "[batch, 3, H, W]", channels_at=1)
         return cls(name=c.string(data.get("name", "input"), "input.name"),
                    shape=(batch_dim(c, shape[0], "input.shape[0]"), 3, c.integer(shape[2], "input.shape[2]", 1),
                           c.integer(shape[3], "input.shape[3]", 1)),
@@ -120,14 +118,12 @@ class Preprocessing:
         """Check ``preprocessing``: size ``[3, H, W]``, 3 means, 3 positive stds, known resize and crop."""
         c = FieldCheck(where)
         data = c.obj(data, "preprocessing")
-        size = c.key(data, "input_size", "preprocessing.input_size")
-        if not isinstance(size, list) or len(size) != 3 or size[0] != 3:
-            raise c.fail("preprocessing.input_size", "[3, H, W]", size)
+        size = c.sized(c.key(data, "input_size", "preprocessing.input_size"), "preprocessing.input_size", 3,
+                       "[3, H, W]", channels_at=0)
         stats = {}
         for key in ("mean", "std"):
-            value = c.key(data, key, f"preprocessing.{key}")
-            if not isinstance(value, list) or len(value) != 3:
-                raise c.fail(f"preprocessing.{key}", "a list of 3 numbers (one per channel)", value)
+            value = c.sized(c.key(data, key, f"preprocessing.{key}"), f"preprocessing.{key}", 3,
+                            "a list of 3 numbers (one per channel)")
             stats[key] = tuple(c.number(v, f"preprocessing.{key}", positive=key == "std") for v in value)
         crop_mode = data.get("crop_mode")
         return cls(
@@ -183,9 +179,7 @@ class TaskOutput:
         """Check one ``tasks`` entry; raises ExportError naming the field."""
         c = FieldCheck(where)
         data = c.obj(data, name)
-        shape = c.key(data, "shape", f"{name}.shape")
-        if not isinstance(shape, list) or len(shape) != 2:
-            raise c.fail(f"{name}.shape", "[batch, num_classes]", shape)
+        shape = c.sized(c.key(data, "shape", f"{name}.shape"), f"{name}.shape", 2, "[batch, num_classes]")
         shape_t = (batch_dim(c, shape[0], f"{name}.shape[0]"), c.integer(shape[1], f"{name}.shape[1]", 1))
         if "num_classes" in data and c.integer(data["num_classes"], f"{name}.num_classes", 1) != shape_t[1]:
             raise c.fail(f"{name}.num_classes", f"shape[1] = {shape_t[1]}", data["num_classes"])
@@ -195,8 +189,7 @@ class TaskOutput:
         acc = data.get("val_accuracy")
         resized = data.get("resized_from")
         if resized is not None:
-            if not isinstance(resized, list) or len(resized) != 2:
-                raise c.fail(f"{name}.resized_from", "[H, W]", resized)
+            resized = c.sized(resized, f"{name}.resized_from", 2, "[H, W]")
             resized = (c.integer(resized[0], f"{name}.resized_from[0]", 1),
                        c.integer(resized[1], f"{name}.resized_from[1]", 1))
         separate = data.get("separate")

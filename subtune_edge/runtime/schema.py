@@ -98,6 +98,12 @@ class FieldCheck:
             raise self.fail(name, "a list of strings", value)
         return tuple(value)
 
+    def sized(self, value: Any, name: str, n: int, expected: str, channels_at: int | None = None) -> list:
+        """A JSON list of exactly ``n`` items (with 3 at index ``channels_at``, for shapes), else the error."""
+        if not isinstance(value, list) or len(value) != n or (channels_at is not None and value[channels_at] != 3):
+            raise self.fail(name, expected, value)
+        return value
+
     def choice(self, value: Any, name: str, choices: tuple[str, ...]) -> str:
         if value not in choices:
             raise self.fail(name, f"one of {', '.join(choices)}", value)
