@@ -7,7 +7,7 @@ from pathlib import Path
 
 from exporters import export_tasks
 from subtune_edge.io import staged_dir
-from subtune_edge.multitask import backbone_for_tasks
+from subtune_edge.multitask import backbone_for_tasks, weights_for_tasks
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import read_manifest
 from subtune_edge.task import load_tasks
@@ -18,12 +18,15 @@ from .report import SCHEMA, SUITE_EXPORT, WHAT, is_results_dir, write_files
 from .suites import Suite, build_suite_tasks
 
 
-def load_bench_tasks(export_dir: str | Path, task_dir: str | Path):
+def load_bench_tasks(export_dir: str | Path, task_dir: str | Path, weights: str | None = None):
     """The task objects and backbone an export was made from, for the torch backends.
 
     Args:
         export_dir: the export (its manifest names the tasks and the weights).
         task_dir: the folder holding the tasks' ``.safetensors`` files.
+        weights: the weights source for the frozen trunk; default: the tasks' own when it is the
+            timm hub, ``random`` or ``offline`` (a weights file named in a task or a manifest is
+            never opened unless passed here).
 
     Returns:
         ``(tasks, backbone)``, tasks in the manifest's order.
@@ -34,7 +37,7 @@ def load_bench_tasks(export_dir: str | Path, task_dir: str | Path):
     """
     manifest = read_manifest(Path(export_dir), verify_files=False)  # the bench itself re-checks every file
     tasks = load_tasks(manifest.task_names, task_dir)
-    return tasks, backbone_for_tasks(tasks, manifest.backbone.get("weights"))
+    return tasks, backbone_for_tasks(tasks, weights_for_tasks(tasks, weights))
 
 
 def run_bench(export_dir: str | Path, config: BenchConfig, *, tasks=None, backbone=None,

@@ -19,6 +19,7 @@ from timm.layers import set_layer_config
 
 from subtune_edge.backbone import Backbone
 from subtune_edge.cost import build_fused
+from subtune_edge.docs import documented
 from subtune_edge.errors import ExportError
 from subtune_edge.io import staged_dir
 from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks, weights_for_tasks
@@ -40,6 +41,7 @@ TORCHSCRIPT_OPSETS = (13, 20)
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
+@documented
 @dataclass(frozen=True)
 class ExportOptions:
     """How :func:`export_tasks` exports; every field is also a keyword of ``export_tasks``."""

@@ -1,11 +1,17 @@
 """subtune-edge: SubTune timm backbones per task, ship every task in one fused engine.
 
-The public API; everything else is an implementation detail that may move.
+The public API; everything else is an implementation detail that may move. Each name's
+docstring says what it takes, returns and raises (``help(subtune_edge.train)``); the layers
+behind them are described in ARCHITECTURE.md.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .backbone import FAMILIES, Backbone, BackboneSpec, create_backbone, load_backbone, split_model
-from .cost import build_fused, plan_cost, unit_costs
-from .data import DataSpec, TaskData, from_arrays, image_folder, load_data
+from .cost import PlanCost, build_fused, plan_cost, unit_costs
+from .data import DataSpec, TaskData, from_arrays, image_folder, load_data, read_image
 from .errors import (
     BackboneError,
     DataError,
@@ -16,7 +22,8 @@ from .errors import (
     WeightsError,
 )
 from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel, backbone_for_tasks
-from .runtime import ExportedModel, load_export
+from .progress import Event, Progress
+from .runtime import ExportedModel, Manifest, load_export, read_manifest
 from .search import (
     GreedyConfig,
     GreedyResult,
@@ -33,22 +40,42 @@ from .search import (
 )
 from .search.latency import LatencyTable
 from .synthetic import synthetic_task
-from .task import Task, load_task, load_tasks, make_task, save_task
-from .train import RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train
+from .task import Task, load_task, load_tasks, make_task, save_task, validate_task_name
+from .train import RunRecord, RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train
+
+if TYPE_CHECKING:
+    from exporters import ExportOptions, export_tasks
 
 __all__ = [
     "FAMILIES", "Backbone", "BackboneSpec", "create_backbone", "load_backbone", "split_model",
-    "build_fused", "plan_cost", "unit_costs",
+    "PlanCost", "build_fused", "plan_cost", "unit_costs",
     "BackboneError", "DataError", "ExportError", "RuntimeMissingError", "SubtuneError", "TaskFileError",
     "WeightsError",
-    "LatencyTable", "DataSpec", "TaskData", "from_arrays", "image_folder", "load_data",
+    "Event", "Progress",
+    "LatencyTable", "DataSpec", "TaskData", "from_arrays", "image_folder", "load_data", "read_image",
     "LocalExecutor", "ProcessExecutor", "RayExecutor", "RunLog",
     "make_executor",
     "MultiTaskModel", "SharingPlan", "StackedMultiTaskModel", "TaskModel", "backbone_for_tasks",
     "GreedyConfig", "GreedyResult", "Profile", "SearchSetup", "finetuning_profile", "greedy_select", "plot_profile",
-    "RunResult", "RunSpec", "TrainConfig", "TrainResult", "execute_run", "train",
-    "ExportedModel", "load_export",
+    "RunRecord", "RunResult", "RunSpec", "TrainConfig", "TrainResult", "execute_run", "train",
+    "ExportOptions", "export_tasks",
+    "ExportedModel", "Manifest", "load_export", "read_manifest",
     "synthetic_task",
-    "Task", "load_task", "load_tasks", "make_task", "save_task",
+    "Task", "load_task", "load_tasks", "make_task", "save_task", "validate_task_name",
 ]
 __version__ = "0.1.0"
+
+# The exporters sit above this package's core (they import it), so importing them here eagerly
+# would make `import exporters` re-enter a half-initialised exporters package; they are loaded on
+# first use instead (PEP 562).
+_LAZY = {"export_tasks": "exporters", "ExportOptions": "exporters"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'subtune_edge' has no attribute {name!r}")

@@ -44,10 +44,15 @@ def _render(exc: SubtuneError, ctx: click.Context) -> str:
         if cmd is None:
             break
         sub = click.Context(cmd, parent=sub, info_name=sub.invoked_subcommand)
-    for param in getattr(sub.command, "params", []):
-        if param.name == exc.param and isinstance(param, click.Option):
-            longs = [o for o in param.opts if o.startswith("--")]
-            return exc.render((longs or param.opts)[0])
+    options = [p for p in getattr(sub.command, "params", []) if isinstance(p, click.Option)]
+    spelled = "--" + exc.param.replace("_", "-")
+    for option in options:  # the option of that Python name, else the one spelled like it (out -> --out)
+        if option.name == exc.param:
+            longs = [o for o in option.opts if o.startswith("--")]
+            return exc.render((longs or option.opts)[0])
+    for option in options:
+        if spelled in option.opts:
+            return exc.render(spelled)
     return str(exc)
 
 

@@ -5,27 +5,35 @@ digits, it trains three tasks (digit 0-9, parity, digit >= 5) by SubTuning with 
 units, draws the finetuning profile of the first task (with its linear-probe and full-finetuning
 references), fuses the three tasks into one ONNX graph beside their separate full copies,
 verifies every output against PyTorch, and measures fused vs separate latency on ONNX Runtime.
-Library code: it reports through ``on_event`` and never prints; ``subtune-edge demo`` renders.
+Library code: it reports through one :data:`~subtune_edge.progress.Progress` callback (the
+training, search, export and benchmark events as they come, each tagged with its task, plus a
+``demo`` event per step) and never prints; ``subtune-edge demo`` renders. It sits above the
+exporters and the benchmarks (see ARCHITECTURE.md): nothing but the CLI imports it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from benchmarks import BenchConfig, Budget, run_bench, write_report
+from exporters import export_tasks
 
 from .backbone import BackboneSpec, model_args_for_input
 from .cost import PlanCost
 from .data import DataSpec
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, staged_dir
+from .progress import Event, Progress, emit
 from .search import GreedyConfig, RunLog, SearchSetup, finetuning_profile, greedy_select, make_executor, plot_profile
-from .task import save_task
+from .task import load_task, save_task
 from .train import TrainConfig, get_backbone, get_data, train
 
-# event name, details; events: "step" (title), "run" (a training run finished), "epoch", "bench" (label, done, total)
-OnEvent = Callable[[str, dict], None]
+STAGE = "demo"
+# What a demo folder holds; an earlier one (and nothing else) may be replaced.
+OUTPUTS = ("tasks", "profile", "export", "bench", "summary.json")
 
 TASKS = {"digit": "digits:digit", "parity": "digits:parity", "ge5": "digits:ge5"}
 
@@ -78,81 +86,114 @@ def _setup(cfg: DemoConfig, source: str) -> SearchSetup:
     return SearchSetup(spec, data, train_cfg)
 
 
-def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), on_event: OnEvent | None = None) -> dict:
-    """Run the whole pipeline into ``out``; returns the summary (also written as summary.json)."""
-    emit = on_event or (lambda event, info: None)
-    out = Path(out)
+def is_demo_dir(path: str | Path) -> bool:
+    """True for an earlier demo's output folder holding nothing else (the ``owns`` rule of ``out``)."""
+    path = Path(path)
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "config" in summary and "tasks" in summary \
+        and all(entry.name in OUTPUTS for entry in path.iterdir())
+
+
+def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: Progress | None = None) -> dict:
+    """Run the whole pipeline into ``out``; returns the summary (also written as ``summary.json``).
+
+    The folder is built beside ``out`` and published when complete, so an interrupted demo leaves
+    the previous one intact; the run logs of a previous demo in ``out`` are reused (a rerun resumes).
+
+    Args:
+        out: the output folder: new, empty, or an earlier demo's (which is replaced).
+        cfg: what to train and measure; :meth:`DemoConfig.quick` is the CI-sized run.
+        progress: called with every :class:`~subtune_edge.progress.Event` (see the module docstring).
+
+    Returns:
+        The summary: per task its units and accuracies, the export's sizes, the latency rows.
+
+    Raises:
+        SubtuneError: ``out`` is a foreign folder, or any step fails (training, export
+            verification, benchmark).
+    """
+    final = Path(out).absolute()
+    with staged_dir(final, owns=is_demo_dir, what="a demo's output", param="out") as staging:
+        _reuse_run_logs(final, staging)
+        summary = _run(staging, final, cfg, progress)
+    return summary
+
+
+def _reuse_run_logs(previous: Path, staging: Path) -> None:
+    for log in sorted((previous / "tasks").glob("*.runs.json")) if is_demo_dir(previous) else []:
+        (staging / "tasks").mkdir(exist_ok=True)
+        shutil.copy2(log, staging / "tasks" / log.name)
+
+
+def _run(out: Path, final: Path, cfg: DemoConfig, progress: Progress | None) -> dict:
     start = time.perf_counter()
     timings: dict[str, float] = {}
     executor = make_executor(1, cfg.device)
     tasks: list[DemoTask] = []
-    profile_path = None
+    profile = None
     for i, name in enumerate(cfg.tasks):
         setup = _setup(cfg, TASKS[name])
         log = RunLog(out / "tasks" / f"{name}.runs.json", setup.context())
-        forward = _forward_events(emit, name)
+        forward = _tagged(progress, name)
         t0 = time.perf_counter()
         lp = ft = None
-        if i == 0:
-            emit("step", {"title": f"finetuning profile of '{name}' (each candidate unit alone, linear probe, "
-                                   f"{'full finetuning' if cfg.full_finetune_reference else ''})"})
+        if i == 0 and cfg.full_finetune_reference:
+            emit(progress, STAGE, f"finetuning profile of '{name}' (each candidate unit alone, linear probe, "
+                                  "full finetuning)")
             prof = finetuning_profile(setup, (1,), list(cfg.candidates), executor=executor, log=log,
-                                      progress=forward) if cfg.full_finetune_reference else None
-            if prof is not None:
-                profile_path = plot_profile(prof, out / "profile" / "profile.png")
-                atomic_write_bytes(out / "profile" / "profile.json", json.dumps(prof.to_json(), indent=2).encode())
-                lp, ft = prof.linear_probe["mean"], prof.full_finetune["mean"]
-        emit("step", {"title": f"greedy selection for '{name}' over {', '.join(cfg.candidates)}"})
+                                      progress=forward)
+            plot_profile(prof, out / "profile" / "profile.png")
+            atomic_write_bytes(out / "profile" / "profile.json", json.dumps(prof.to_json(), indent=2).encode())
+            profile = final / "profile" / "profile.png"
+            lp, ft = prof.linear_probe["mean"], prof.full_finetune["mean"]
+        emit(progress, STAGE, f"greedy selection for '{name}' over {', '.join(cfg.candidates)}")
         greedy = greedy_select(setup, GreedyConfig("forward", cfg.epsilon, cfg.max_units, candidates=cfg.candidates),
                                executor=executor, log=log, progress=forward)
         if lp is None:
             lp = _linear_probe_score(greedy)
-        emit("step", {"title": f"training '{name}' on {', '.join(greedy.units) or '(linear probe)'}"})
+        emit(progress, STAGE, f"training '{name}' on {', '.join(greedy.units) or '(linear probe)'}")
         backbone = get_backbone(setup.backbone)
         data = get_data(setup.data, backbone.data_config)
         result = train(backbone, data, greedy.units, setup.config, name=name, progress=forward)
         path = save_task(result.task, out / "tasks" / name)
-        tasks.append(DemoTask(name, greedy.units, result.accuracy, lp, ft, str(path),
+        tasks.append(DemoTask(name, greedy.units, result.accuracy, lp, ft, str(final / "tasks" / path.name),
                               {"direction": greedy.direction, "accuracy": greedy.accuracy,
                                "new_runs": greedy.new_runs, "reused_runs": greedy.reused_runs}))
         timings[f"train_{name}"] = round(time.perf_counter() - t0, 1)
 
-    emit("step", {"title": "exporting the fused graph and the separate copies, verifying against PyTorch"})
+    emit(progress, STAGE, "exporting the fused graph and the separate copies, verifying against PyTorch")
     t0 = time.perf_counter()
-    from exporters import export_tasks
-
-    from .task import load_task
-
-    loaded = [load_task(t.path) for t in tasks]
+    loaded = [load_task(out / "tasks" / f"{t.name}.safetensors") for t in tasks]
     manifest = export_tasks(loaded, out / "export", weights=cfg.weights, batch=(1, max(max(cfg.bench_batches), 8)),
-                            separate=True, progress=lambda msg: emit("export", {"message": msg}))
+                            separate=True, progress=progress)
     timings["export"] = round(time.perf_counter() - t0, 1)
 
-    emit("step", {"title": "benchmarking fused vs separate on ONNX Runtime (CPU)"})
+    emit(progress, STAGE, "benchmarking fused vs separate on ONNX Runtime (CPU)")
     t0 = time.perf_counter()
-    from benchmarks import BenchConfig, Budget, run_bench, write_report
-
     bench_cfg = BenchConfig(backends=["ort-cpu"], batch_sizes=list(cfg.bench_batches), threads=cfg.threads,
                             budget=Budget(warmup=2, min_runs=5, max_runs=200, seconds=cfg.bench_seconds))
     results = run_bench(out / "export", bench_cfg, title="demo: digit, parity, ge5 on tf_efficientnet_lite0",
-                        progress=lambda e: emit("bench", {"label": e.message, "done": e.done, "total": e.total}))
+                        progress=progress)
     report = write_report(results, out / "bench")
     timings["bench"] = round(time.perf_counter() - t0, 1)
     timings["total"] = round(time.perf_counter() - start, 1)
 
-    summary = _summary(cfg, tasks, manifest, results, timings, out, profile_path, report)
+    report = {k: final / Path(v).relative_to(out) for k, v in report.items()}
+    summary = _summary(cfg, tasks, manifest, results, timings, final, profile, report)
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def _forward_events(emit: OnEvent, task: str):
-    def forward(event) -> None:
-        info = dict(event.data)
-        kind = info.pop("event", None)
-        if event.stage == "search" and kind == "run":
-            emit("run", {"task": task, **info["result"], "reused": info["reused"]})
-        elif event.stage == "train":
-            emit("epoch", {"task": task, "event": kind, **info})
+def _tagged(progress: Progress | None, task: str) -> Progress | None:
+    """``progress`` with the task's name added to each event's data (three tasks share one bar)."""
+    if progress is None:
+        return None
+
+    def forward(event: Event) -> None:
+        progress(replace(event, data={**event.data, "task": task}))
 
     return forward
 

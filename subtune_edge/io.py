@@ -164,7 +164,7 @@ def staged_dir(dest: str | os.PathLike, owns: Callable[[Path], bool] | None = No
     Raises:
         SubtuneError: ``dest`` must not be replaced, or its parent cannot be written.
     """
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))  # "." has no name to stage beside; its absolute form does
     check_replaceable(dest, owns, what, param)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from timm.models import is_model_in_modules
 
+from ..docs import documented
 from ..errors import BackboneError
 
 
@@ -47,6 +48,7 @@ def check_model_args(model_args: dict) -> dict:
     return model_args
 
 
+@documented
 @dataclass(frozen=True)
 class BackboneSpec:
     """Everything needed to rebuild the same backbone in another process (stored in task files).

@@ -29,7 +29,7 @@ from ..backbone import create_backbone, model_args_for_input
 from ..errors import SubtuneError
 from ..io import atomic_write_json
 from ..progress import Event
-from ._options import parse_input_size, split_csv
+from ._options import parse_input_size, split_csv, weights_option
 
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE_SECONDS = click.FloatRange(min=0)
@@ -75,11 +75,12 @@ def _progress():
               help="Folder for results.json, report.md and the plots (new, empty, or an earlier bench's results).")
 @click.option("--task-dir", default=None, type=click.Path(file_okay=False),
               help="Task files of the export, needed for the torch backends.")
+@weights_option
 @click.option("--threads", type=POSITIVE, default=None,
               help="Intra-op threads per session (recorded). Default: runtime's.")
 @click.option("--seconds", type=NON_NEGATIVE_SECONDS, default=None, help="Time budget per measurement point.")
 @click.option("--max-tasks", type=POSITIVE, default=None, help="Measure k = 1..N for the first N tasks only.")
-def bench(export_dir, suite, backends, batches, results_dir, task_dir, threads, seconds, max_tasks) -> None:
+def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, threads, seconds, max_tasks) -> None:
     """Measure fused vs separate latency and memory for k = 1..N tasks.
 
     \b
@@ -98,7 +99,7 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, threads, 
         budget = dataclasses.replace(cfg.budget, seconds=seconds) if seconds is not None else cfg.budget
         s.config = dataclasses.replace(cfg, threads=threads or cfg.threads, budget=budget, max_tasks=max_tasks)
     else:
-        tasks, backbone = load_bench_tasks(export_dir, task_dir) if task_dir else (None, None)
+        tasks, backbone = load_bench_tasks(export_dir, task_dir, weights) if task_dir else (None, None)
         config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=batches or [1], threads=threads,
                              max_tasks=max_tasks)
         if seconds is not None:

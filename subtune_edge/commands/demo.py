@@ -6,8 +6,12 @@ import dataclasses
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from ..demo import DemoConfig, run_demo
+from ..progress import Event
 
 
 def _label(units: list[str], mode: str) -> str:
@@ -32,28 +36,31 @@ class _DemoProgress:
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
 
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "step":
-            self.console.print(f"[bold cyan]>[/] {info['title']}")
+    def __call__(self, event: Event) -> None:
+        info = event.data
+        kind = info.get("event")
+        if event.stage == "demo":
+            self.console.print(f"[bold cyan]>[/] {escape(event.message)}")
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task("", total=None, info="")
         elif self.task is None:
             return
-        elif event == "epoch" and info.get("event") == "start":
+        elif event.stage == "train" and kind == "start":
             units = _label(info["units"], info["mode"])
-            self.bar.reset(self.task, total=info["epochs"], description=f"{info['task']}: {info['mode']} {units}",
-                           info="")
-        elif event == "epoch" and info.get("event") == "epoch":
+            title = escape(f"{info['task']}: {info['mode']} {units}")
+            self.bar.reset(self.task, total=info["epochs"], description=title, info="")
+        elif event.stage == "train" and kind == "epoch":
             self.bar.update(self.task, advance=1, info=f"val acc {100 * info['val_accuracy']:.1f}%")
-        elif event == "run":
-            units = _label(info["units"], info["mode"])
+        elif event.stage == "search" and kind == "run":
+            run = info["result"]
+            units = _label(run["units"], run["mode"])
             tag = " (from log)" if info["reused"] else ""
-            self.console.print(f"    {info['task']}: {units:<28} val acc {100 * info['accuracy']:.1f}%{tag}")
-        elif event == "export":
-            self.bar.update(self.task, description=info["message"], info="")
-        elif event == "bench":
-            self.bar.update(self.task, total=info["total"], completed=info["done"], description=info["label"])
+            self.console.print(escape(f"    {info['task']}: {units:<28} val acc {100 * run['accuracy']:.1f}%{tag}"))
+        elif event.stage == "export":
+            self.bar.update(self.task, description=escape(event.message), info="")
+        elif event.stage == "bench" and event.total:
+            self.bar.update(self.task, total=event.total, completed=event.done, description=escape(event.message))
 
 
 @click.command()
@@ -73,8 +80,6 @@ def demo(out_dir: str, device: str, quick: bool, threads: int | None) -> None:
     Example:
       subtune-edge demo --out demo-out
     """
-    from ..demo import DemoConfig, run_demo
-
     cfg = DemoConfig.quick() if quick else DemoConfig()
     cfg = dataclasses.replace(cfg, device=device, threads=threads)
     console = Console(stderr=True)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
+from ..docs import documented
 from ..errors import DataError
 from .images import read_image
 
@@ -154,6 +155,7 @@ def task_data_config(data_config: dict, input_size: tuple[int, int] | None) -> d
     return cfg
 
 
+@documented
 @dataclass
 class TaskData:
     """A classification dataset ready for training: labels, two splits and the preprocessing.

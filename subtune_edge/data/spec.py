@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from ..docs import documented
 from ..errors import DataError
 from .datasets import TaskData, check_classes, task_data_config
 from .sources import DIGITS_C_PREFIX, DIGITS_PREFIX, digits, digits_c, image_folder, parse_digits_c
@@ -52,6 +53,7 @@ def canonical_source(source: str) -> str:
     return source
 
 
+@documented
 @dataclass(frozen=True)
 class DataSpec:
     """Everything that determines a :class:`TaskData`, so another process can rebuild it exactly.

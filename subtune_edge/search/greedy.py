@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..backbone import Backbone
 from ..cost import NECK_POOL, branch_flops, unit_costs
+from ..docs import documented
 from ..errors import SubtuneError
 from ..progress import Progress, emit
 from .evaluator import Evaluator, SearchSetup
@@ -22,6 +23,7 @@ from .latency import LatencyTable
 from .runlog import RunLog
 
 
+@documented
 @dataclass(frozen=True)
 class GreedyConfig:
     """How greedy selection searches, and the budgets a chosen set must fit.

@@ -16,6 +16,7 @@ import torch
 
 from ..backbone import Backbone
 from ..data import TaskData
+from ..docs import documented
 from ..errors import SubtuneError
 
 TRANSFORMER_FAMILIES = ("vit",)
@@ -46,6 +47,7 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
+@documented
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train; ``None`` fields are filled by :meth:`resolve` from the model, mode and device.

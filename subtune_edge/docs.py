@@ -1,0 +1,37 @@
+"""Config dataclasses document their fields once, where both ``help()`` and the CLI read them.
+
+A field's ``metadata={"help": ...}`` (PEFT's convention) is the one text: :func:`documented`
+appends it to the class docstring as a Google-style ``Attributes:`` section, so ``help(TrainConfig)``
+shows every field, and the click options read the same text for their ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+
+
+def documented(cls: type) -> type:
+    """Append an ``Attributes:`` section built from the fields' ``help`` metadata to ``cls.__doc__``.
+
+    Args:
+        cls: a dataclass whose fields carry ``metadata={"help": "..."}``.
+
+    Returns:
+        ``cls`` itself, with its docstring extended (fields without help are left out).
+    """
+    lines = []
+    for f in dataclasses.fields(cls):
+        text = f.metadata.get("help")
+        if text:
+            wrapped = textwrap.wrap(f"{f.name}: {text}", width=96, subsequent_indent="    ")
+            lines.extend("    " + line for line in wrapped)
+    if lines:
+        doc = textwrap.dedent(cls.__doc__ or "").rstrip()
+        cls.__doc__ = f"{doc}\n\nAttributes:\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+def field_help(cls: type, name: str) -> str:
+    """The ``help`` text of field ``name`` of dataclass ``cls`` (for a click option's help)."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
