@@ -23,17 +23,20 @@ from subtune_edge.docs import documented
 from subtune_edge.errors import ExportError
 from subtune_edge.io import staged_dir
 from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks, weights_for_tasks
+from subtune_edge.multitask.grouped import GroupedMultiTaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import is_export_dir
+from subtune_edge.runtime import is_export_dir, require
 from subtune_edge.task import Task
 
 from . import manifest as manifest_mod
 from . import tensorrt as trt_mod
 from .fp16 import convert_fp16
 from .inputs import image_files
+from .modular import export_modular
 from .onnx_export import export_onnx
+from .ort_format import convert_to_ort
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
-from .verification import STAGE, step, verify_files, verify_plan
+from .verification import STAGE, VERIFY_WITH, step, verify_files, verify_openvino, verify_ort_format, verify_plan
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +61,27 @@ class ExportOptions:
         "help": "allow an input_size other than the tasks' own (recorded per task as resized_from)"})
     fp16: bool = field(default=False, metadata={"help": "also write model.fp16.onnx"})
     trt: bool = field(default=False, metadata={"help": "also build model.plan with TensorRT"})
+    modular: bool = field(default=False, metadata={
+        "help": "also write trunk.onnx (one output per branch point) and branches/<task>.onnx, so tasks can be "
+                "added or removed later and an app can run only some (TorchScript exporter)"})
     separate: bool = field(default=False, metadata={"help": "also write separate/<task>.onnx, each task alone"})
     verify: bool = field(default=True, metadata={"help": "compare every output with the PyTorch task models"})
     dynamo: bool = field(default=False, metadata={"help": "use the torch.export-based ONNX exporter"})
     stacked: bool = field(default=False, metadata={
         "help": "run frozen units shared by several branches once, on batch-stacked activations"})
+    grouped: bool = field(default=False, metadata={
+        "help": "run the branches of tasks tuning the same units as one wider network (stacked filters, grouped "
+                "convolutions; ResNet, EfficientNet, MobileNetV3); not with stacked"})
     images: tuple[str | Path, ...] | None = field(default=None, metadata={
         "help": "image files or folders to verify on besides the seeded batch (default: bundled photos)"})
     workspace: int = field(default=trt_mod.DEFAULT_WORKSPACE, metadata={"help": "TensorRT workspace, bytes"})
     timing_cache: str | Path | None = field(default=None, metadata={
         "help": "TensorRT timing cache file (default: ~/.cache/subtune-edge/)"})
+    ort_format: bool = field(default=False, metadata={
+        "help": "also write model.ort (+ model.fp16.ort / model.int8.ort) and required_operators.config: "
+                "ONNX Runtime's mobile format, verified like the .onnx files"})
+    verify_with: tuple[str, ...] = field(default=(), metadata={
+        "help": "runtimes to verify the fused files on besides ONNX Runtime CPU: openvino"})
 
 
 OPTION_NAMES = tuple(f.name for f in fields(ExportOptions))
@@ -153,7 +167,8 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
         progress: called with a :class:`~subtune_edge.progress.Event` (stage ``"export"``) per step.
         **overrides: :class:`ExportOptions` fields (``weights``, ``opset``, ``batch``,
             ``input_size``, ``allow_resize``, ``fp16``, ``trt``, ``separate``, ``verify``, ``dynamo``,
-            ``stacked``, ``images``, ``workspace``, ``timing_cache``).
+            ``stacked``, ``grouped``, ``images``, ``workspace``, ``timing_cache``,
+            ``ort_format``, ``verify_with``).
 
     Returns:
         The manifest as written to ``out/manifest.json`` (JSON types).
@@ -163,7 +178,8 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
             fused, or an output past its verification tolerance (nothing is written then).
         TaskFileError: tasks of different backbones or frozen weights.
         WeightsError: the tasks were trained on a weights file and ``weights`` does not name it again.
-        RuntimeMissingError: ``trt`` without TensorRT (checked before any work).
+        RuntimeMissingError: ``trt`` without TensorRT, ``verify_with`` a runtime that is not installed (both
+            checked before any work).
         TypeError: a keyword that is not an :class:`ExportOptions` field.
     """
     unknown = sorted(set(overrides) - set(OPTION_NAMES))
@@ -175,6 +191,7 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     timings: dict[str, float] = {}
     if opts.trt:
         trt_mod.require_tensorrt()  # before any other work: a missing TensorRT should cost nothing
+    _check_verify_with(tuple(opts.verify_with), opts.verify)
     lo, opt, hi = check_batch(tuple(opts.batch))
     exporter = "dynamo" if opts.dynamo else "torchscript"
     opset = opts.opset
@@ -197,7 +214,7 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
             size = _input_size(tasks, backbone, opts.input_size, opts.allow_resize)
             preprocessing = _preprocessing(tasks, backbone, size)
         with step("plan", timings, progress, "building the fused module and its sharing plan"):
-            fused = build_fused(backbone, tasks, size, stacked=opts.stacked)
+            fused = build_fused(backbone, tasks, size, stacked=opts.stacked, grouped=opts.grouped)
         onnx_reports = {}
         with step("export", timings, progress, f"exporting model.onnx ({exporter})"):
             report = export_onnx(fused, staging / "model.onnx", outs, size, (lo, hi), opset, opts.dynamo)
@@ -215,11 +232,28 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
             with step("fp16", timings, progress, "converting to model.fp16.onnx"):
                 onnx_reports["model.fp16.onnx"] = convert_fp16(staging / "model.onnx", staging / "model.fp16.onnx",
                                                                outs)
+        ort_record = None
+        if opts.ort_format:
+            with step("ort-format", timings, progress, "converting to ONNX Runtime's .ort format"):
+                ort_record = convert_to_ort(staging)
         verification: dict = {"passed": None, "skipped": "--no-verify"}
         checked = None
         if opts.verify:
             verification, checked = verify_files(backbone, tasks, outs, tasks_by_output, staging, preprocessing, size,
                                             (lo, hi), opts.fp16, opts.separate, images, timings, progress)
+            if "openvino" in opts.verify_with:
+                verify_openvino(staging, verification, checked, tasks_by_output, timings, progress)
+            if ort_record is not None:
+                verify_ort_format(staging, ort_record, verification, checked, tasks_by_output, timings, progress)
+        modular_record = None
+        if opts.modular:
+            with step("modular", timings, progress, "exporting trunk.onnx and branches/"):
+                refs, vbatches = checked if checked is not None else (None, None)
+                modular_record, reports, results = export_modular(backbone, tasks, outs, staging, size, (lo, hi),
+                                                                  opset, refs, vbatches, tasks_by_output, progress)
+                onnx_reports.update(reports)
+                if results:
+                    verification["results"] += results
         trt_record = None
         if opts.trt:
             with step("tensorrt", timings, progress, "building model.plan with TensorRT"):
@@ -233,9 +267,33 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
         timings["total"] = round(time.perf_counter() - start, 3)
         record = _manifest(backbone, tasks, outs, size, (lo, opt, hi), preprocessing, opset, exporter, fused,
                            onnx_reports, verification, trt_record, timings, opts.separate)
+        if modular_record is not None:
+            record["modular"] = modular_record
+        if ort_record is not None:
+            record["ort_format"] = ort_record
         emit(progress, STAGE, "hashing files and writing manifest.json", step="manifest")
         manifest = manifest_mod.write_manifest(staging, record)
     return manifest
+
+
+def _grouped_record(fused, outs: list[str]) -> dict | None:
+    """Which tasks run as one grouped branch (None for an export without ``grouped``)."""
+    if not isinstance(fused, GroupedMultiTaskModel):
+        return None
+    return {"groups": [[outs[j] for j in members] for members in fused.groups],
+            "starts": [fused.plan.branches[members[0]].start_unit for members in fused.groups]}
+
+
+def _check_verify_with(runtimes: tuple[str, ...], verify: bool) -> None:
+    unknown = [r for r in runtimes if r not in VERIFY_WITH]
+    if unknown:
+        raise ExportError(f"cannot verify on '{unknown[0]}'; {{param}} takes {', '.join(VERIFY_WITH)}",
+                          param="verify_with")
+    if runtimes and not verify:
+        raise ExportError("{param} verifies on more runtimes, but verification is off; turn it on or drop them",
+                          param="verify_with")
+    for runtime in runtimes:
+        require(runtime)  # before any work: a missing OpenVINO should cost nothing
 
 
 def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batch, preprocessing: dict, opset: int,
@@ -270,6 +328,7 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
         "opset": opset,
         "exporter": exporter,
         "stacked_branches": isinstance(fused, StackedMultiTaskModel),
+        "grouped_branches": _grouped_record(fused, outs),
         "onnx": onnx_reports,
         "sizes": sizes,
         "plan": fused.plan.to_json(),

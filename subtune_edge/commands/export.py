@@ -53,15 +53,23 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter instead of TorchScript.")
 @click.option("--stacked", is_flag=True, help="Run frozen units shared by several branches once, on the branches' "
                                               "activations stacked along the batch axis (fewer GPU kernels).")
+@click.option("--grouped", is_flag=True, help="Run the branches of tasks tuning the same units as one wider network: "
+                                              "stacked filters on the shared input, grouped convolutions after.")
 @click.option("--images", "images", multiple=True, type=click.Path(exists=True),
               help="Image files or folders to verify on, besides the seeded batch (repeatable).")
 @click.option("--workspace", default=1024, show_default=True, metavar="MB", help="TensorRT workspace pool limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache file, reused across builds (default: ~/.cache/subtune-edge/).")
+@click.option("--ort-format", "ort_format", is_flag=True,
+              help="Also write model.ort (+ .fp16/.int8 twins) and required_operators.config: ONNX Runtime's mobile "
+                   "format, for a reduced-size ONNX Runtime build.")
+@click.option("--verify-with", "verify_with", default="", metavar="RUNTIMES",
+              help="Also verify the fused files on these runtimes (comma-separated): openvino.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
 def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size,
            allow_resize: bool, fp16: bool, trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool,
-           images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool) -> None:
+           grouped: bool, images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool,
+           ort_format: bool = False, verify_with: str = "") -> None:
     """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
@@ -84,7 +92,9 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
                                 allow_resize=allow_resize, fp16=fp16, trt=trt, separate=separate,
                                 verify=not no_verify, dynamo=dynamo,
                                 progress=lambda event: _show(status, event), images=list(images) or None,
-                                workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked)
+                                ort_format=ort_format, verify_with=tuple(split_csv(verify_with)),
+                                workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked,
+                                grouped=grouped)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
@@ -106,7 +116,9 @@ def _render_files(console: Console, manifest: dict, status: dict[str, str] | Non
         table.add_column(col, justify="right" if col == "MB" else "left")
     onnx = manifest.get("onnx") or {}
     for rel, rec in manifest["files"].items():
-        what = {"model.onnx": "fused, fp32", "model.fp16.onnx": "fused, fp16", "model.plan": "TensorRT engine"}.get(
+        what = {"model.onnx": "fused, fp32", "model.fp16.onnx": "fused, fp16", "model.plan": "TensorRT engine",
+                "model.ort": "fused, fp32, ORT format", "model.fp16.ort": "fused, fp16, ORT format",
+                "model.int8.ort": "fused, int8, ORT format", "required_operators.config": "ORT minimal-build ops"}.get(
             rel, "one task, full model" if rel.startswith("separate/") else "weights" if rel.endswith(".data") else "")
         if rel in onnx and "initializers" in onnx[rel]:
             what += f", {onnx[rel]['initializers']} tensors"
@@ -131,7 +143,8 @@ def _render_verification(console: Console, manifest: dict) -> None:
     for col in ("file", "task", "max abs", "rel. to scale", "top-1 agree", "tolerance", "ok"):
         table.add_column(col, justify="left" if col in ("file", "task", "tolerance") else "right")
     for r in ver["results"]:
-        table.add_row(r["file"], r["task"], f"{r['max_abs']:.2e}", f"{r['max_rel']:.2e}",
+        file = r["file"] + (f" ({r['runtime']})" if r.get("runtime") else "")
+        table.add_row(file, r["task"], f"{r['max_abs']:.2e}", f"{r['max_rel']:.2e}",
                       f"{r['top1_agreement']:.0%}", r["tolerance"], "[green]yes[/]" if r["passed"] else "[red]NO[/]")
     console.print(table)
     tols = ver.get("tolerances") or {}
@@ -228,8 +241,13 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
               help="ONNX Runtime CPU / CUDA provider (auto: CUDA where available), or the TensorRT plan.")
 @click.option("--fp16", is_flag=True, help="Run model.fp16.onnx instead of model.onnx.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="Run the .onnx file on ONNX Runtime, or on OpenVINO (CPU; needs the 'openvino' extra).")
+@click.option("--ort-format", "ort_format", is_flag=True,
+              help="Run model.ort (ONNX Runtime's mobile format, exported with --ort-format) instead of model.onnx.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per image.")
-def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: bool, as_json: bool) -> None:
+def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: bool, as_json: bool,
+            runtime: str = "onnxruntime", ort_format: bool = False) -> None:
     """Run an export on images and print each task's top-k labels with softmax scores.
 
     Preprocessing is the manifest's (what an app must do); this is the reference the C++ runner
@@ -241,7 +259,8 @@ def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: boo
     """
     if topk < 1:
         raise click.BadParameter("must be at least 1", param_hint="--topk")
-    with load_export(out, device=device, precision="fp16" if fp16 else "fp32") as model:
+    with load_export(out, device=device, precision="fp16" if fp16 else "fp32", runtime=runtime,
+                     format="ort" if ort_format else "onnx") as model:
         results = model.predict(list(images), topk=topk)
         runner = model.runner.name
     if as_json:

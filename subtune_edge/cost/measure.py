@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..backbone import Backbone
-from ..multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel
+from ..errors import ExportError
+from ..multitask import GroupedMultiTaskModel, MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel
 from ..task import Task
 from .records import BranchCost, Cost, PlanCost, TrunkCost, UnitCost
 from .rules import NECK_POOL, branch_flops
@@ -166,7 +167,7 @@ def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: M
 
 
 def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, int] | None = None,
-                with_cost: bool = True, stacked: bool = False) -> MultiTaskModel:
+                with_cost: bool = True, stacked: bool = False, grouped: bool = False) -> MultiTaskModel:
     """The fused module for ``tasks`` with its plan (and, by default, the plan's costs).
 
     Args:
@@ -176,14 +177,21 @@ def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, in
         with_cost: compute ``fused.plan.cost`` (a :class:`PlanCost`; one extra pass per task).
         stacked: run frozen units shared by several branches once on their batch-concatenated
             activations (:class:`~subtune_edge.multitask.StackedMultiTaskModel`): same outputs, fewer kernels.
+        grouped: run the branches of tasks tuning the same units as one wider network
+            (:class:`~subtune_edge.multitask.grouped.GroupedMultiTaskModel`); not with ``stacked``.
 
     Returns:
         The fused module (eval mode, no gradients).
 
     Raises:
         TaskFileError: a task does not fit ``backbone``.
+        ExportError: ``grouped`` with ``stacked``, or units that cannot be grouped.
     """
-    fused = (StackedMultiTaskModel if stacked else MultiTaskModel)(backbone, tasks)
+    if grouped and stacked:
+        raise ExportError("grouped and stacked branches are two ways to run the branches; choose one ({param} or "
+                          "stacked)", param="grouped")
+    fused = (GroupedMultiTaskModel if grouped else StackedMultiTaskModel if stacked else MultiTaskModel)(backbone,
+                                                                                                         tasks)
     if with_cost:
         plan_cost(backbone, tasks, fused.plan, fused, input_size)
     return fused

@@ -8,8 +8,9 @@ as everyone else, then the shared neck and pool, then its own head.
 """
 
 from .fused import MultiTaskModel, StackedMultiTaskModel, backbone_for_tasks, weights_for_tasks
+from .grouped import GroupedMultiTaskModel
 from .model import TaskModel, new_head, tuned_copy
 from .plan import BranchPlan, SharingPlan, trunk_end
 
-__all__ = ["BranchPlan", "MultiTaskModel", "SharingPlan", "StackedMultiTaskModel", "TaskModel", "backbone_for_tasks",
-           "new_head", "trunk_end", "tuned_copy", "weights_for_tasks"]
+__all__ = ["BranchPlan", "GroupedMultiTaskModel", "MultiTaskModel", "SharingPlan", "StackedMultiTaskModel", "TaskModel",
+           "backbone_for_tasks", "new_head", "trunk_end", "tuned_copy", "weights_for_tasks"]
