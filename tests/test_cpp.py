@@ -390,3 +390,25 @@ def test_usage_errors_exit_2(binaries, export_dir, inputs):
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "usage: subtune_edge_run" in run_ok(binaries["release"], "--help").stdout
+
+
+def test_grouped_export_runs_in_cpp(binaries, inputs, tmp_path):
+    """``export --grouped`` is plain ONNX: the runner runs it and matches Python ONNX Runtime."""
+    from exporters import export_tasks
+    from subtune_edge.runtime import load_export
+    from subtune_edge.synthetic import synthetic_task
+
+    backbone = backbone_for("tf_efficientnet_lite0")
+    n = backbone.unit_names
+    tasks = [synthetic_task(backbone, f"g{i}", [n[-2], n[-1]], 3 + i, seed=20 + i, input_size=(SIZE, SIZE))
+             for i in range(2)]
+    tasks.insert(1, synthetic_task(backbone, "other", [n[len(n) // 2]], 4, seed=30, input_size=(SIZE, SIZE)))
+    export = tmp_path / "grouped"
+    manifest = export_tasks(tasks, export, batch=(1, BATCH_MAX), grouped=True)
+    assert manifest["grouped_branches"]["groups"] == [["g0", "g1"]]
+    out = tmp_path / "out"
+    run_ok(binaries["release"], export, inputs["npy"], "--topk", 2, "--json", "--dump-outputs", out)
+    with load_export(export, device="cpu", threads=2) as model:
+        ref = model.run(np.load(inputs["npy"]))
+    for task, logits in ref.items():
+        assert float(np.abs(np.load(out / f"{task}.npy") - logits).max()) <= ATOL
