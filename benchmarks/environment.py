@@ -82,7 +82,7 @@ def describe() -> dict:
         "cuda": torch.version.cuda,
         "onnxruntime_providers": ort.get_available_providers(),
         "versions": {d: _version(d) for d in ("subtune-edge", "torch", "timm", "onnx", "onnxruntime",
-                                               "onnxruntime-gpu", "tensorrt", "numpy")},
+                                               "onnxruntime-gpu", "tensorrt", "openvino", "numpy")},
     }
 
 

@@ -82,8 +82,8 @@ class BenchConfig:
     """
 
     backends: list[str] = field(default_factory=lambda: ["ort-cpu"], metadata={
-        "help": "torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt; one missing here is "
-                "skipped with the reason"})
+        "help": "torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, openvino; one missing "
+                "here is skipped with the reason"})
     batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "positive batch sizes"})
     threads: int | None = field(default=None, metadata={"help": "intra-op threads per session; None: runtime's"})
     budget: Budget = field(default_factory=Budget, metadata={"help": "when each measurement point stops"})
@@ -276,13 +276,13 @@ class Harness:
 
     def _sides(self, backend: str, batch: int, k: int) -> tuple[_Side, _Side]:
         threads = self.config.threads
-        if backend.startswith("ort"):
+        if backend.startswith("ort") or backend == "openvino":
             fused_path = self._fused_onnx(k)
             sep_paths = [self.export_dir / t.separate for t in self.measured[:k]]
             fused = _Side([make_runner(backend, fused_path, threads=threads)], fused_path.stat().st_size)
             sep = _Side([make_runner(backend, p, threads=threads) for p in sep_paths],
                         sum(p.stat().st_size for p in sep_paths))
-            if self.memory_probe:
+            if self.memory_probe and backend != "openvino":  # the fresh-process probe runs ONNX Runtime only
                 for side, paths in ((fused, [fused_path]), (sep, sep_paths)):
                     probed = probe(backend, batch, self.input_shape, paths, threads)
                     if probed is None:
@@ -344,9 +344,12 @@ class Harness:
     def _point(self, backend: str, batch: int, k: int, feed: dict) -> dict:
         fused, sep = self._sides(backend, batch, k)
         tegra = TegrastatsSampler() if TegrastatsSampler.available() else None
+        extra = {}
         try:
             _activate(fused, feed)
             _activate(sep, feed)
+            if backend == "openvino":  # the compile properties as the compiled model reports them, while active
+                extra["runtime_settings"] = fused.runners[0].settings()
             if tegra:
                 with tegra:
                     a, b = measure_pair(fused.runners, sep.runners, self.config.budget)
@@ -362,9 +365,10 @@ class Harness:
                   "fused_gpu_bytes": fused.gpu_bytes, "separate_gpu_bytes": sep.gpu_bytes}
         if tegra:
             memory["tegrastats_peak_ram_mb"] = tegra.peak_ram_mb()
+        onnx_backend = backend.startswith("ort") or backend == "openvino"
         return {"backend": backend, "batch": batch, "k": k, "tasks": self.task_names[:k],
-                "fused_graph": "pruned" if backend.startswith("ort") and k < len(self.manifest.tasks) else
-                "full" if backend.startswith("ort") else "module",
+                "fused_graph": "pruned" if onnx_backend and k < len(self.manifest.tasks) else
+                "full" if onnx_backend else "module", **extra,
                 "fused": fs.to_json(), "separate": ss.to_json(),
                 "ratio": fs.median_ms / ss.median_ms,
                 "ideal_ratio_flops": ideal_ratio(self.plan, k) if self.plan else None,

@@ -54,6 +54,10 @@ def markdown(results: dict) -> str:
                   "| k | fused ms (p90) | separate ms (p90) | ratio | ideal ratio (FLOPs) | added ms/task fused | "
                   "added ms/task separate | weights MB fused / separate | RSS growth MB fused / separate |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        ov = rows[0].get("runtime_settings") if rows else None
+        if ov:  # OpenVINO's compile properties, as the compiled model reported them
+            props = ov.get("reported") or ov["config"]
+            lines.insert(-2, "OpenVINO " + ", ".join(f"{k} {v}" for k, v in props.items()) + "\n")
         for r in rows:
             m = r["memory"]
             ideal = "-" if r["ideal_ratio_flops"] is None else f"{r['ideal_ratio_flops']:.3f}"

@@ -16,7 +16,7 @@ from subtune_edge.backbone import Backbone
 from subtune_edge.errors import ExportError
 from subtune_edge.multitask import TaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import OrtRunner, TorchRunner, TrtRunner, missing_reason
+from subtune_edge.runtime import OpenVinoRunner, OrtRunner, TorchRunner, TrtRunner, missing_reason
 from subtune_edge.task import Task
 
 from .inputs import InputBatch, verification_batches
@@ -105,3 +105,80 @@ def verify_plan(staging: Path, recipe, tasks_by_output, verification: dict, chec
     raise_failures(results)
     verification["results"] += results
     return {"passed": True, "tolerance": tol.name}
+
+
+# -- the same checks on other runtimes and formats: OpenVINO, ONNX Runtime's .ort files -----------------------
+#: runtimes an export can also be verified on (``verify_with``), besides ONNX Runtime CPU
+VERIFY_WITH = ("openvino",)
+
+
+def _source_tolerances(verification: dict, source: str) -> dict[str, Tolerance]:
+    """Output -> the tolerance ``source`` was verified with (fp32, fp16, an INT8 gate's ...)."""
+    known = {name: Tolerance(**{k: t[k] for k in ("name", "rel", "tie")})
+             for name, t in (verification.get("tolerances") or {}).items()}
+    known.update({t.name: t for t in (FP32, FP16, TF32)})
+    return {r["output"]: known[r["tolerance"]] for r in verification.get("results", [])
+            if r.get("file") == source and r.get("runtime") is None and r["tolerance"] in known}
+
+
+def check_like_source(make, file: str, source: str, verification: dict, checked: tuple,
+                      tasks_by_output: dict[str, str], runtime: str | None = None) -> list[dict]:
+    """Run ``file`` (made by ``make(path)``) on the verification inputs with its source file's tolerances.
+
+    Args:
+        make: builds the runner for a path (``OpenVinoRunner``, ``OrtRunner``).
+        file: the file to check, relative to the staging folder it is joined to by ``make``.
+        source: the ONNX file whose recorded tolerances apply (``model.onnx`` for ``model.ort``).
+        verification: the record :func:`verify_files` returned (results so far).
+        checked: ``(refs, batches)`` from :func:`verify_files`.
+        tasks_by_output: output name -> task name.
+        runtime: recorded as each result's ``runtime`` when it is not ONNX Runtime CPU.
+
+    Returns:
+        One result per output, like :func:`verify_files`' (``runtime`` added when given).
+    """
+    refs, batches = checked
+    by_tol: dict[Tolerance, list[str]] = {}
+    for output, tol in _source_tolerances(verification, source).items():
+        by_tol.setdefault(tol, []).append(output)
+    results = []
+    for tol, outputs in by_tol.items():
+        subset = [{o: r[o] for o in outputs} for r in refs]
+        results += check_runner(make(file), file, subset, batches, tol, tasks_by_output)
+    return [r | {"runtime": runtime} if runtime else r for r in results]
+
+
+def verify_openvino(staging: Path, verification: dict, checked: tuple, tasks_by_output: dict[str, str],
+                    timings: dict, progress) -> None:
+    """Every fused ONNX file again on OpenVINO (CPU, latency hint, f32 inference precision).
+
+    Appends the results (``runtime: "openvino"``) to ``verification`` and records the settings.
+
+    Raises:
+        ExportError: an output past its file's tolerance on OpenVINO (nothing is written then).
+    """
+    files = [f for f in ("model.onnx", "model.fp16.onnx", "model.int8.onnx") if (Path(staging) / f).is_file()]
+    results: list[dict] = []
+    with step("openvino-verify", timings, progress, "verifying the ONNX files on OpenVINO"):
+        for file in files:
+            results += check_like_source(lambda rel: OpenVinoRunner(Path(staging) / rel), file, file, verification,
+                                         checked, tasks_by_output, runtime="openvino")
+    raise_failures(results)
+    verification["results"] += results
+    verification["openvino"] = OpenVinoRunner(Path(staging) / "model.onnx").settings() | {"files": files}
+
+
+def verify_ort_format(staging: Path, ort_record: dict, verification: dict, checked: tuple,
+                      tasks_by_output: dict[str, str], timings: dict, progress) -> None:
+    """Every ``.ort`` file in ONNX Runtime CPU, with the tolerances of the ONNX file it was converted from.
+
+    Raises:
+        ExportError: an output past its tolerance (nothing is written then).
+    """
+    results: list[dict] = []
+    with step("ort-format-verify", timings, progress, "verifying the .ort files"):
+        for source, file in ort_record["files"].items():
+            results += check_like_source(lambda rel: OrtRunner(Path(staging) / rel), file, source, verification,
+                                         checked, tasks_by_output)
+    raise_failures(results)
+    verification["results"] += results

@@ -68,7 +68,8 @@ def _progress():
 @click.option("--suite", default=None, help="A suite in benchmarks/suites (cpu-quick, desktop-gpu, jetson-orin) or "
                                             "a .toml path; builds its own export from untrained tasks.")
 @click.option("--backend", "backends", default=None,
-              help="Comma-separated: torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt. "
+              help="Comma-separated: torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, "
+                   "openvino (CPU, latency hint). "
                    "Default: the suite's, else ort-cpu.")
 @click.option("--batch", "batches", default=None, callback=_ints, help="Comma-separated batch sizes, e.g. 1,8.")
 @click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),

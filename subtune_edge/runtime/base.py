@@ -30,7 +30,9 @@ import torch
 
 from ..errors import RuntimeMissingError, SubtuneError
 
-BACKENDS = ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+BACKENDS = ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino")
+#: the install line for OpenVINO, in the message of every place that needs it
+OPENVINO_INSTALL = "pip install 'subtune-edge[openvino]'"
 
 
 def _ort_providers() -> list[str]:
@@ -57,6 +59,8 @@ def missing_reason(backend: str) -> str | None:
     if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
         return ("trt needs TensorRT's Python bindings: pip install 'subtune-edge[trt]' on a desktop GPU, "
                 "or JetPack's python3-libnvinfer on Jetson")
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        return f"openvino needs OpenVINO's Python package: {OPENVINO_INSTALL}"
     return None
 
 

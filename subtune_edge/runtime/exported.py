@@ -8,8 +8,9 @@ is compared against, so it does exactly what ``exporters/FORMAT.md`` tells an ap
     logits = model(["cat.jpg", "dog.jpg"])          # {"digit": array[2, 10], "parity": ...}
     model.predict(["cat.jpg"], topk=3)              # [{"digit": [("3", 0.91), ...], ...}]
 
-The graph runs on ONNX Runtime (CUDA provider when onnxruntime-gpu sees a GPU, else CPU), or on
-the TensorRT plan with ``device="tensorrt"``.
+The graph runs on ONNX Runtime (CUDA provider when onnxruntime-gpu sees a GPU, else CPU), on
+the TensorRT plan with ``device="tensorrt"``, on OpenVINO with ``runtime="openvino"`` (CPU), or
+from ONNX Runtime's mobile format with ``format="ort"`` (``model.ort``, exported with ``ort_format``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,17 @@ from ..errors import ExportError, SubtuneError
 from .base import Runner, missing_reason, require
 from .manifest import Manifest, TaskOutput, read_manifest
 from .onnxruntime import OrtRunner
+from .openvino import OpenVinoRunner
+from .ort_layout import ort_name
 from .preprocess import preprocess, softmax
 from .tensorrt import TrtRunner
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
+#: what runs the graph: ONNX Runtime (its CPU / CUDA providers, by ``device``) or OpenVINO (CPU)
+RUNTIMES = ("onnxruntime", "openvino")
+#: the file format ONNX Runtime loads: the ``.onnx`` graph or its ``.ort`` twin (ONNX Runtime Mobile)
+FORMATS = ("onnx", "ort")
 #: the export option that writes each optional file, for the message when it is missing
 _MADE_BY = {"model.plan": "trt", "model.fp16.onnx": "fp16"}
 
@@ -151,7 +158,8 @@ def _pick_device(device: str) -> str:
 
 
 def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
-                threads: int | None = None, check_hashes: bool = True) -> ExportedModel:
+                threads: int | None = None, check_hashes: bool = True, runtime: str = "onnxruntime",
+                format: str = "onnx") -> ExportedModel:
     """Load an export directory written by ``subtune-edge export`` for inference.
 
     The manifest is checked whole (schema, its own content hash, paths), and the file that will
@@ -164,28 +172,49 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
             ``cuda``, or ``tensorrt`` (the ``model.plan`` engine).
         precision: ``fp32`` runs ``model.onnx``, ``fp16`` runs ``model.fp16.onnx`` (exported with
             ``fp16=True``).
-        threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
+        threads: ONNX Runtime intra-op threads (OpenVINO's ``INFERENCE_NUM_THREADS``); ``None`` lets it choose.
         check_hashes: re-hash the file that will run (turn off only for files you just checked).
+        runtime: ``onnxruntime`` (default) or ``openvino`` (the same ``.onnx`` file compiled by OpenVINO for
+            its CPU device, latency hint; ``device`` must be ``auto`` or ``cpu``).
+        format: ``onnx`` (default) or ``ort``: ONNX Runtime loads ``model.ort`` (``model.fp16.ort`` for
+            fp16), the mobile-format twin written with ``ort_format=True``.
 
     Returns:
         An :class:`ExportedModel`; use it as a context manager to release the session.
 
     Raises:
         ExportError: not an export, an invalid or edited manifest, a changed or missing file, an
-            unknown device or precision.
-        RuntimeMissingError: the runtime for ``device`` is not installed.
+            unknown device, precision, runtime or format, or a combination that cannot run.
+        RuntimeMissingError: the runtime for ``device`` (or OpenVINO) is not installed.
     """
     root = Path(path)
     device = _pick_device(device)
     if precision not in PRECISIONS:
         raise ExportError(f"unknown {{param}} '{precision}'; choose fp32 or fp16", param="precision")
+    if runtime not in RUNTIMES:
+        raise ExportError(f"unknown {{param}} '{runtime}'; choose from {', '.join(RUNTIMES)}", param="runtime")
+    if format not in FORMATS:
+        raise ExportError(f"unknown {{param}} '{format}'; choose onnx or ort", param="format")
+    if runtime == "openvino" and device not in ("auto", "cpu"):
+        raise ExportError(f"OpenVINO runs exports on its CPU device here; pass {{param}} cpu (or auto), not "
+                          f"'{device}'", param="device")
+    if format == "ort" and runtime != "onnxruntime":
+        raise ExportError("the .ort format is ONNX Runtime's own; load it with {param} onnxruntime", param="runtime")
+    if format == "ort" and device == "tensorrt":
+        raise ExportError("the .ort format runs on ONNX Runtime; pass {param} cpu, cuda or auto", param="device")
     if device == "tensorrt":
         file = "model.plan"
     else:
         file = "model.onnx" if precision == "fp32" else "model.fp16.onnx"
+    if format == "ort":
+        file = ort_name(file)
     manifest = read_manifest(root, verify_files=[file] if check_hashes else False)
     if file not in manifest.files:
-        raise ExportError(f"{root} has no {file}; re-export with the '{_MADE_BY.get(file, file)}' option to get it")
+        made_by = "ort_format" if file.endswith(".ort") else _MADE_BY.get(file, file)
+        raise ExportError(f"{root} has no {file}; re-export with the '{made_by}' option to get it")
+    if runtime == "openvino":
+        require("openvino")
+        return ExportedModel(root, manifest, OpenVinoRunner(root / file, threads=threads), file)
     if device == "tensorrt":
         require("trt")
         runner: Runner = TrtRunner(root / file)

@@ -8,6 +8,7 @@ import torch
 
 from .base import BACKENDS, Runner, missing_reason
 from .onnxruntime import OrtRunner
+from .openvino import OpenVinoRunner
 from .tensorrt import TrtRunner
 from .torch import TorchRunner
 
@@ -17,12 +18,12 @@ def make_runner(backend: str, onnx_path: str | Path | None = None, *, module=Non
     """The runner for a backend name (see :data:`BACKENDS`).
 
     Args:
-        backend: ``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``trt``, ``torch-cpu`` or ``torch-cuda``.
-        onnx_path: the ONNX file, for the ``ort-*`` backends.
+        backend: ``ort-cpu``, ``ort-cuda``, ``ort-trt``, ``trt``, ``torch-cpu``, ``torch-cuda`` or ``openvino``.
+        onnx_path: the ONNX file, for the ``ort-*`` backends and ``openvino``.
         module: the PyTorch module, for the ``torch-*`` backends.
         output_names: names of the module's outputs, for the ``torch-*`` backends.
         plan: the TensorRT engine file, for ``trt``.
-        threads: CPU threads (ONNX Runtime intra-op, or torch's).
+        threads: CPU threads (ONNX Runtime intra-op, OpenVINO's ``INFERENCE_NUM_THREADS``, or torch's).
         **options: passed on to the runner's constructor.
 
     Returns:
@@ -35,6 +36,8 @@ def make_runner(backend: str, onnx_path: str | Path | None = None, *, module=Non
         return OrtRunner(onnx_path, backend.removeprefix("ort-"), threads=threads, **options)
     if backend == "trt":
         return TrtRunner(plan)
+    if backend == "openvino":
+        return OpenVinoRunner(onnx_path, threads=threads, **options)
     if backend in ("torch-cpu", "torch-cuda"):
         if threads:
             torch.set_num_threads(threads)

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ExportError
 from .integrity import check_files, check_graph, inside, raise_for_status, require_intact, selected, unlisted
+from .ort_layout import OrtFormat
 from .records import BatchRange, FileRecord, InputSpec, Preprocessing, TaskOutput
 from .schema import (
     FORMAT,
@@ -76,6 +77,12 @@ class Manifest(Mapping):
     @property
     def outputs(self) -> list[str]:
         return [t.output for t in self.tasks]
+
+    @property
+    def ort_format(self) -> OrtFormat | None:
+        """The ``.ort`` files (ONNX Runtime's mobile format) of an ``--ort-format`` export, else None."""
+        data = self.info.get("ort_format")
+        return None if data is None else OrtFormat.from_json(data, files=self.files)
 
     def task(self, name: str) -> TaskOutput:
         """The task called ``name`` (or whose output is ``name``)."""
@@ -208,6 +215,8 @@ class Manifest(Mapping):
             if key in info and not isinstance(info[key], types):
                 raise c.fail(key, " or ".join("null" if t is type(None) else "a JSON " + {
                     dict: "object", str: "string", bool: "boolean"}[t] for t in types), info[key])
+        if info.get("ort_format") is not None:  # an --ort-format export: every .ort file it names is listed
+            OrtFormat.from_json(info["ort_format"], where, files)
         return cls(backbone=dict(backbone), input=input_spec, batch=batch, preprocessing=preprocessing,
                    tasks=tasks, opset=opset, files=files, info=info, manifest_sha256=digest)
 
