@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev,dist]"
+	$(BIN)/python -m pip install -q -e ".[dev,dist,openvino]"
 	touch $(STAMP)
 
 demo: $(STAMP)
