@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "subtune_edge.commands.export": ["export", "inspect", "predict"],
     "subtune_edge.commands.bench": ["bench", "profile-device"],
     "subtune_edge.commands.demo": ["demo"],
+    "subtune_edge.commands.modular": ["add-task", "remove-task"],
 }
 
 

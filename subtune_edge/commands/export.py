@@ -49,6 +49,8 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights and compute, float32 I/O).")
 @click.option("--trt", is_flag=True, help="Also build model.plan with TensorRT (needs the 'trt' extra and a GPU).")
 @click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
+@click.option("--modular", is_flag=True, help="Also write trunk.onnx + branches/<task>.onnx: add or remove tasks later "
+              "(add-task, remove-task), run only some (predict --tasks).")
 @click.option("--no-verify", "no_verify", is_flag=True, help="Skip comparing every output with PyTorch.")
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter instead of TorchScript.")
 @click.option("--stacked", is_flag=True, help="Run frozen units shared by several branches once, on the branches' "
@@ -69,7 +71,7 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size,
            allow_resize: bool, fp16: bool, trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool,
            grouped: bool, images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool,
-           ort_format: bool = False, verify_with: str = "") -> None:
+           ort_format: bool = False, verify_with: str = "", modular: bool = False) -> None:
     """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
@@ -94,7 +96,7 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
                                 progress=lambda event: _show(status, event), images=list(images) or None,
                                 ort_format=ort_format, verify_with=tuple(split_csv(verify_with)),
                                 workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked,
-                                grouped=grouped)
+                                grouped=grouped, modular=modular)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
@@ -220,6 +222,8 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
                       units if len(units) < 40 else units[:37] + "...", t.mode,
                       "" if t.val_accuracy is None else f"{t.val_accuracy:.3f}")
     console.print(table)
+    if manifest.modular is not None:
+        _render_modular(console, manifest)
     data = manifest.to_json()
     _render_files(console, data, status)
     try:
@@ -234,6 +238,20 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
     console.print(f"versions: {versions}")
 
 
+def _render_modular(console: Console, manifest: Manifest) -> None:
+    layout = manifest.modular
+    trunk = layout.trunk
+    console.print(f"modular: {trunk.file} version {trunk.version} (sha256 {trunk.sha256[:12]}…), fused model.onnx "
+                  f"{layout.fused}")
+    table = Table(title="branches (the trunk tap each reads)")
+    for col in ("task", "file", "tap(s)", "tap shape"):
+        table.add_column(col)
+    for b in layout.branches:
+        table.add_row(b.task, b.file, ", ".join(b.taps), "; ".join(" x ".join(map(str, layout.tap(t).shape))
+                                                                   for t in b.taps))
+    console.print(table)
+
+
 @click.command()
 @click.argument("out", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
@@ -245,9 +263,11 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
               help="Run the .onnx file on ONNX Runtime, or on OpenVINO (CPU; needs the 'openvino' extra).")
 @click.option("--ort-format", "ort_format", is_flag=True,
               help="Run model.ort (ONNX Runtime's mobile format, exported with --ort-format) instead of model.onnx.")
+@click.option("--tasks", "task_filter", default=None, metavar="A,C",
+              help="Run only these tasks (a modular export runs only their branches and the trunk as deep as needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per image.")
 def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: bool, as_json: bool,
-            runtime: str = "onnxruntime", ort_format: bool = False) -> None:
+            runtime: str = "onnxruntime", ort_format: bool = False, task_filter: str | None = None) -> None:
     """Run an export on images and print each task's top-k labels with softmax scores.
 
     Preprocessing is the manifest's (what an app must do); this is the reference the C++ runner
@@ -260,7 +280,7 @@ def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: boo
     if topk < 1:
         raise click.BadParameter("must be at least 1", param_hint="--topk")
     with load_export(out, device=device, precision="fp16" if fp16 else "fp32", runtime=runtime,
-                     format="ort" if ort_format else "onnx") as model:
+                     format="ort" if ort_format else "onnx", tasks=split_csv(task_filter) or None) as model:
         results = model.predict(list(images), topk=topk)
         runner = model.runner.name
     if as_json:

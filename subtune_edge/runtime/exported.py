@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ExportError, SubtuneError
 from .base import Runner, missing_reason, require
 from .manifest import Manifest, TaskOutput, read_manifest
+from .modular import ModularRunner
 from .onnxruntime import OrtRunner
 from .openvino import OpenVinoRunner
 from .ort_layout import ort_name
@@ -47,9 +48,10 @@ class ExportedModel:
     output order; ``manifest`` is the checked :class:`Manifest`.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, runner: Runner, file: str):
+    def __init__(self, path: Path, manifest: Manifest, runner: Runner, file: str,
+                 tasks: Sequence[TaskOutput] | None = None):
         self.path, self.manifest, self.runner, self.file = Path(path), manifest, runner, file
-        self.tasks: list[TaskOutput] = list(manifest.tasks)
+        self.tasks: list[TaskOutput] = list(tasks) if tasks else list(manifest.tasks)
         self.preprocessing = manifest.preprocessing
         self.input_name = manifest.input.name
         self.batch_min, self.batch_max = manifest.batch.min, manifest.batch.max
@@ -96,47 +98,71 @@ class ExportedModel:
         """Images -> this export's NCHW float32 input, with the manifest's preprocessing."""
         return preprocess(images, self.preprocessing)
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """An NCHW float32 batch of any size -> {task name: logits}; split / padded to the batch range.
+    def subset(self, tasks: Sequence[str] | None) -> list[TaskOutput]:
+        """The loaded tasks named in ``tasks`` (names or outputs), in output order; None: all loaded tasks.
 
         Raises:
-            ExportError: the batch is not ``[N, 3, H, W]`` at this export's size.
+            ExportError: a task this model was not loaded with.
+        """
+        if tasks is None:
+            return list(self.tasks)
+        wanted = {self.manifest.task(t).name for t in ([tasks] if isinstance(tasks, str) else tasks)}
+        missing = sorted(wanted - set(self.task_names))
+        if missing or not wanted:
+            raise ExportError(f"task(s) {', '.join(missing) or '(none)'} not loaded; this model runs "
+                              f"{', '.join(self.task_names)} (pass them to load_export's {{param}})", param="tasks")
+        return [t for t in self.tasks if t.name in wanted]
+
+    def run(self, batch: np.ndarray, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """An NCHW float32 batch of any size -> {task name: logits}; split / padded to the batch range.
+
+        Args:
+            batch: the preprocessed input.
+            tasks: run only these of the loaded tasks (None: all). On a modular export only their
+                branches run, and the trunk only as deep as they need.
+
+        Raises:
+            ExportError: the batch is not ``[N, 3, H, W]`` at this export's size, or an unknown task.
         """
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != self.input_hw:
             raise ExportError(f"input of shape {batch.shape} does not fit this export's "
                               f"[N, 3, {self.input_hw[0]}, {self.input_hw[1]}]")
         n = len(batch)
+        wanted = self.subset(tasks)
         if n == 0:
-            return {t.name: np.zeros((0, t.num_classes), np.float32) for t in self.tasks}
+            return {t.name: np.zeros((0, t.num_classes), np.float32) for t in wanted}
         self.activate()
-        parts: dict[str, list[np.ndarray]] = {t.name: [] for t in self.tasks}
+        if isinstance(self.runner, ModularRunner):
+            self.runner.select([t.output for t in wanted])
+        parts: dict[str, list[np.ndarray]] = {t.name: [] for t in wanted}
         for start in range(0, n, self.batch_max):
             chunk = batch[start:start + self.batch_max]
             size = len(chunk)
             if size < self.batch_min:  # a fixed-batch export: pad with copies, trim afterwards
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_min - size, axis=0)])
             out = self.runner.infer({self.input_name: np.ascontiguousarray(chunk)})
-            for t in self.tasks:
+            for t in wanted:
                 parts[t.name].append(np.asarray(out[t.output], dtype=np.float32)[:size])
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
-    def __call__(self, inputs) -> dict[str, np.ndarray]:
+    def __call__(self, inputs, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Images (paths, PIL images, HxWxC uint8 arrays, or a list of them; an NxHxWxC uint8 batch) or a
-        preprocessed NCHW float32 batch -> {task name: logits}."""
+        preprocessed NCHW float32 batch -> {task name: logits} (of ``tasks`` only, when given)."""
         if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
             # float NCHW: already preprocessed; uint8 NHWC: a batch of decoded images
-            return self.run(inputs) if inputs.dtype != np.uint8 else self.run(self.preprocess(list(inputs)))
+            return self.run(inputs if inputs.dtype != np.uint8 else self.preprocess(list(inputs)), tasks)
         if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, Sequence):
             inputs = [inputs]
-        return self.run(self.preprocess(inputs))
+        return self.run(self.preprocess(inputs), tasks)
 
-    def predict(self, inputs, topk: int = 5) -> list[dict[str, list[tuple[str, float]]]]:
-        """Per image, per task: the top-k (label, softmax score) pairs, best first."""
-        logits = self(inputs)
+    def predict(self, inputs, topk: int = 5, tasks: Sequence[str] | None = None
+                ) -> list[dict[str, list[tuple[str, float]]]]:
+        """Per image, per task (``tasks`` only, when given): the top-k (label, softmax score) pairs, best first."""
+        logits = self(inputs, tasks)
         n = len(next(iter(logits.values())))
         results: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(n)]
-        for t in self.tasks:
+        for t in self.subset(tasks):
             probs = softmax(logits[t.name].astype(np.float64))
             k = max(1, min(topk, t.num_classes))
             order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
@@ -159,7 +185,8 @@ def _pick_device(device: str) -> str:
 
 def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
                 threads: int | None = None, check_hashes: bool = True, runtime: str = "onnxruntime",
-                format: str = "onnx") -> ExportedModel:
+                format: str = "onnx", tasks: Sequence[str] | None = None, modular: bool | None = None
+                ) -> ExportedModel:
     """Load an export directory written by ``subtune-edge export`` for inference.
 
     The manifest is checked whole (schema, its own content hash, paths), and the file that will
@@ -178,6 +205,11 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
             its CPU device, latency hint; ``device`` must be ``auto`` or ``cpu``).
         format: ``onnx`` (default) or ``ort``: ONNX Runtime loads ``model.ort`` (``model.fp16.ort`` for
             fp16), the mobile-format twin written with ``ort_format=True``.
+        tasks: load only these tasks (names or outputs; None: all). On a modular export
+            (``modular=True`` at export) only their branch files load and run, and the trunk only
+            as deep as they need; on a fused graph the others are still computed, just not returned.
+        modular: run ``trunk.onnx`` + ``branches/`` instead of ``model.onnx`` (fp32 ONNX Runtime on
+            ``cpu`` / ``cuda``); None: when ``tasks`` is given and the export is modular.
 
     Returns:
         An :class:`ExportedModel`; use it as a context manager to release the session.
@@ -215,9 +247,47 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
     if runtime == "openvino":
         require("openvino")
         return ExportedModel(root, manifest, OpenVinoRunner(root / file, threads=threads), file)
+    selected = _selected(manifest, tasks)
+    if modular or (modular is None and tasks is not None and manifest.modular is not None
+                   and runtime == "onnxruntime" and format == "onnx" and precision == "fp32" and device != "tensorrt"):
+        return _load_modular(root, manifest, selected, device, threads, check_hashes)
     if device == "tensorrt":
         require("trt")
         runner: Runner = TrtRunner(root / file)
     else:
         runner = OrtRunner(root / file, device=device, threads=threads)
-    return ExportedModel(root, manifest, runner, file)
+    return ExportedModel(root, manifest, runner, file, selected)
+
+
+def _selected(manifest: Manifest, tasks: Sequence[str] | None) -> list[TaskOutput] | None:
+    if tasks is None:
+        return None
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not names:
+        raise ExportError("name at least one task in {param}", param="tasks")
+    wanted = set()
+    for name in names:
+        try:
+            wanted.add(manifest.task(name).name)
+        except ExportError:
+            raise ExportError(f"the export has no task '{name}'; its tasks are {', '.join(manifest.task_names)}",
+                              param="tasks") from None
+    return [t for t in manifest.tasks if t.name in wanted]
+
+
+def _load_modular(root: Path, manifest: Manifest, selected: list[TaskOutput] | None, device: str,
+                  threads: int | None, check_hashes: bool) -> ExportedModel:
+    """The modular runner over trunk.onnx and the selected tasks' branch files (only those are hashed)."""
+    layout = manifest.modular
+    if layout is None:
+        raise ExportError(f"{root} is not a modular export (no trunk.onnx); re-export with {{param}}",
+                          param="modular")
+    if device not in ("cpu", "cuda"):
+        raise ExportError(f"a modular export runs on ONNX Runtime; pass {{param}} cpu or cuda, not '{device}'",
+                          param="device")
+    tasks = selected or list(manifest.tasks)
+    if check_hashes:
+        read_manifest(root, verify_files=[layout.trunk.file, *(layout.branch(t.output).file for t in tasks)])
+    runner = ModularRunner(root, layout, manifest.input.name, [t.output for t in tasks], device=device,
+                           threads=threads)
+    return ExportedModel(root, manifest, runner, layout.trunk.file, tasks)

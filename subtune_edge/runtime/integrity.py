@@ -11,6 +11,7 @@ import onnx
 
 from ..errors import ExportError
 from ..io import sha256_file
+from .modular_layout import BRANCH_DIR, check_modular_graph
 from .records import InputSpec, TaskOutput
 from .schema import MANIFEST, safe_relpath
 
@@ -149,6 +150,10 @@ def check_graph(root: str | os.PathLike, manifest: GraphContract, rel: str) -> N
         ExportError: the graph's input name/shape/type or its output names/classes disagree.
     """
     path = inside(Path(root), rel)
+    layout = getattr(manifest, "modular", None)  # trunk.onnx / branches/*.onnx have their own inputs
+    if layout is not None and (rel == layout.trunk.file or rel.startswith(BRANCH_DIR + "/")):
+        check_modular_graph(path, rel, layout, manifest.input.name, {t.output: t.num_classes for t in manifest.tasks})
+        return
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError; any failure means an unusable file

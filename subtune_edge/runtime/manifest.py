@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ExportError
 from .integrity import check_files, check_graph, inside, raise_for_status, require_intact, selected, unlisted
+from .modular_layout import ModularLayout
 from .ort_layout import OrtFormat
 from .records import BatchRange, FileRecord, InputSpec, Preprocessing, TaskOutput
 from .schema import (
@@ -77,6 +78,18 @@ class Manifest(Mapping):
     @property
     def outputs(self) -> list[str]:
         return [t.output for t in self.tasks]
+
+    @property
+    def modular(self) -> ModularLayout | None:
+        """The modular layout (``trunk.onnx`` + ``branches/``) of a ``--modular`` export, else None."""
+        data = self.info.get("modular")
+        if data is None:
+            return None
+        cached = self.__dict__.get("_modular_cache")
+        if cached is None:
+            cached = ModularLayout.from_json(data, task_outputs=self.outputs, files=self.files)
+            object.__setattr__(self, "_modular_cache", cached)
+        return cached
 
     @property
     def ort_format(self) -> OrtFormat | None:
@@ -215,6 +228,8 @@ class Manifest(Mapping):
             if key in info and not isinstance(info[key], types):
                 raise c.fail(key, " or ".join("null" if t is type(None) else "a JSON " + {
                     dict: "object", str: "string", bool: "boolean"}[t] for t in types), info[key])
+        if info.get("modular") is not None:  # a --modular export: its layout checked like the rest
+            ModularLayout.from_json(info["modular"], where, [t.output for t in tasks], files)
         if info.get("ort_format") is not None:  # an --ort-format export: every .ort file it names is listed
             OrtFormat.from_json(info["ort_format"], where, files)
         return cls(backbone=dict(backbone), input=input_spec, batch=batch, preprocessing=preprocessing,

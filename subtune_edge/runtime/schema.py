@@ -28,7 +28,7 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 INFO_TYPES: dict[str, tuple[type, ...]] = {
     "created": (str,), "exporter": (str,), "stacked_branches": (bool,), "onnx": (dict,), "sizes": (dict,),
     "plan": (dict,), "verification": (dict, type(None)), "tensorrt": (dict, type(None)), "timings_s": (dict,),
-    "versions": (dict,), "ort_format": (dict, type(None)),
+    "versions": (dict,), "modular": (dict, type(None)), "ort_format": (dict, type(None)),
 }
 
 
