@@ -105,11 +105,11 @@ def run_suite(suite: Suite, results_dir: str | Path, *, backends: list[str] | No
     with staged_dir(results_dir, owns=is_results_dir, what=WHAT, param="results_dir") as stage:
         emit(progress, "bench", f"exporting {suite.backbone} with {len(suite.tasks)} tasks", 0, 1)
         backbone, tasks = build_suite_tasks(suite)
-        export_tasks(tasks, stage / SUITE_EXPORT, weights=suite.weights, opset=suite.opset,
+        export_tasks(tasks, stage / SUITE_EXPORT, weights=backbone.spec.weights, opset=suite.opset,
                      input_size=suite.input_size, batch=(1, max(config.batch_sizes)), separate=True,
                      fp16=suite.fp16, trt=suite.trt, progress=progress)
         suite_json = {"name": suite.name, "description": suite.description,
-                      "tasks": [dataclasses.asdict(t) for t in suite.tasks]}
+                      "tasks": [dataclasses.asdict(t) for t in suite.tasks], "bn_init": suite.bn_init}
         results = run_bench(stage / SUITE_EXPORT, config, tasks=tasks, backbone=backbone, progress=progress,
                             title=f"suite {suite.name}: {suite.description}", suite=suite_json)
         results["export"]["dir"] = str(results_dir / SUITE_EXPORT)  # where it is once published

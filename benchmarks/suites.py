@@ -7,6 +7,7 @@ depend on which units a task tunes, not on what it learned, so a suite runs anyw
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.errors import SubtuneError
 from subtune_edge.synthetic import synthetic_task
 
+from .export_time import trained_like_weights
 from .harness import BenchConfig, Budget
 
 if sys.version_info >= (3, 11):
@@ -23,6 +25,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).parent / "suites"
+BN_INITS = ("timm", "trained-like")
+#: where trained-like weights files are cached (one per model and input size)
+WEIGHTS_CACHE = Path.home() / ".cache" / "subtune-edge" / "trained-like"
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Suite:
     fp16: bool = False
     trt: bool = False
     extra: dict = field(default_factory=dict)
+    bn_init: str = "timm"
 
 
 def available() -> list[str]:
@@ -88,12 +94,41 @@ def load_suite(name_or_path: str) -> Suite:
         return Suite(name=data.get("name", path.stem), description=data.get("description", ""),
                      backbone=data["backbone"], weights=data.get("weights", "random"), input_size=(int(h), int(w)),
                      tasks=tasks, config=config, opset=int(data.get("opset", 17)), fp16=bool(data.get("fp16")),
-                     trt=bool(data.get("trt")))
+                     trt=bool(data.get("trt")), bn_init=_bn_init(data.get("bn_init", "timm")))
     except SubtuneError as exc:
         raise SubtuneError(f"suite {path}: {exc}; see benchmarks/suites/cpu-quick.toml for the fields") from exc
     except (KeyError, TypeError, ValueError, AttributeError, tomllib.TOMLDecodeError) as exc:
         raise SubtuneError(f"suite {path} is malformed ({type(exc).__name__}: {exc}); see benchmarks/suites/"
                            "cpu-quick.toml for the fields") from exc
+
+
+def _bn_init(value) -> str:
+    if value not in BN_INITS:
+        raise ValueError(f"bn_init must be one of {', '.join(BN_INITS)}, got {value!r}")
+    return value
+
+
+def suite_weights(suite: Suite) -> str:
+    """The weights source the suite's backbone is built with.
+
+    ``bn_init = "trained-like"`` (with ``weights = "random"``): timm's seeded random init with
+    BatchNorm statistics like a trained network's, written once to :data:`WEIGHTS_CACHE`. Plain
+    random init zeroes the last BatchNorm scale of each residual block, so the folded
+    convolutions are all zeros and merge in the export, which flatters the fused file's bytes.
+
+    Returns:
+        ``suite.weights``, or the trained-like weights file.
+    """
+    if suite.bn_init != "trained-like" or suite.weights != "random":
+        return suite.weights
+    h, w = suite.input_size
+    path = WEIGHTS_CACHE / f"{suite.backbone}-{h}x{w}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        trained_like_weights(suite.backbone, h, tmp)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def build_suite_tasks(suite: Suite):
@@ -105,7 +140,8 @@ def build_suite_tasks(suite: Suite):
     Raises:
         SubtuneError: an unknown model, weights or unit name.
     """
-    backbone = create_backbone(suite.backbone, suite.weights, **model_args_for_input(suite.backbone, suite.input_size))
+    backbone = create_backbone(suite.backbone, suite_weights(suite),
+                               **model_args_for_input(suite.backbone, suite.input_size))
     tasks = [synthetic_task(backbone, t.name, backbone.parse_units(t.units), t.classes, seed=i, siamese=t.siamese,
                             input_size=suite.input_size) for i, t in enumerate(suite.tasks)]
     return backbone, tasks
