@@ -412,3 +412,28 @@ def test_grouped_export_runs_in_cpp(binaries, inputs, tmp_path):
         ref = model.run(np.load(inputs["npy"]))
     for task, logits in ref.items():
         assert float(np.abs(np.load(out / f"{task}.npy") - logits).max()) <= ATOL
+
+
+def test_modular_tasks_subset_matches_python(binaries, inputs, tmp_path):
+    """``--tasks`` on a modular export runs trunk.onnx and only the requested branches; equal to Python's."""
+    from exporters import export_tasks
+    from subtune_edge.runtime import load_export
+
+    backbone = backbone_for("tf_efficientnet_lite0")
+    export = tmp_path / "modular"
+    export_tasks(three_depth_tasks(backbone), export, batch=(1, BATCH_MAX), modular=True)
+    out = tmp_path / "out"
+    proc = run_ok(binaries["release"], export, inputs["npy"], "--json", "--tasks", "early,late", "--dump-outputs", out)
+    doc = json.loads(proc.stdout)
+    assert list(doc["tasks"]) == ["late", "early"]  # manifest order
+    assert doc["session_runs"] == {"trunk.onnx": 1, "branches/late.onnx": 1, "branches/early.onnx": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["early.npy", "late.npy"]
+    with load_export(export, device="cpu", threads=2, tasks=["early", "late"]) as model:
+        ref = model.run(np.load(inputs["npy"]))
+    assert set(ref) == {"early", "late"}
+    for task, logits in ref.items():
+        assert float(np.abs(np.load(out / f"{task}.npy") - logits).max()) <= ATOL
+    sanitized = run_ok(binaries["asan"], export, inputs["npy"], "--tasks", "middle", sanitized=True)
+    assert sanitized.stdout.count("middle:") >= 1 and "late:" not in sanitized.stdout
+    bad = run_cpp(binaries["release"], export, inputs["npy"], "--tasks", "nope")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "no task 'nope'" in bad.stderr

@@ -41,6 +41,8 @@ const char* const kUsage =
     "  --dump-outputs DIR  also write each task's logits to DIR/<output name>.npy\n"
     "  --dump-input FILE   also write the preprocessed input tensor to FILE (.npy)\n"
     "  --no-verify         skip the sha256 check of the model file against manifest.json\n"
+    "  --tasks A,C         run only these tasks; a modular export (--modular) then runs trunk.onnx and\n"
+    "                      only their branches/<task>.onnx\n"
     "  --version           print the runtime's version and backends\n";
 
 struct UsageError : std::runtime_error {
@@ -108,6 +110,13 @@ bool parse_args(int argc, char** argv, Args& args) {
       args.dump_outputs = value();
     } else if (a == "--dump-input") {
       args.dump_input = value();
+    } else if (a == "--tasks") {
+      std::stringstream list(value());
+      std::string item;
+      while (std::getline(list, item, ',')) {
+        if (!item.empty()) args.options.tasks.push_back(item);
+      }
+      if (args.options.tasks.empty()) throw UsageError("--tasks expects a comma-separated list of task names");
     } else if (a == "--no-verify") {
       args.options.verify_hashes = false;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -170,6 +179,7 @@ void print_json(const Args& args, const se::Runner& runner, const se::Tensor& in
     tasks[task] = std::move(rows);
   }
   doc["tasks"] = std::move(tasks);
+  if (runner.modular()) doc["session_runs"] = runner.session_runs();
   std::cout << doc.dump(2) << '\n';
 }
 

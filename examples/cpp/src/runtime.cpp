@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "backends.hpp"
+#include "modular.hpp"
 #include "subtune_edge/runtime.hpp"
 
 namespace subtune_edge {
@@ -109,6 +110,16 @@ Runner::Runner(const std::filesystem::path& export_dir, const RunnerOptions& opt
                 " backend (reconfigure with -DSUBTUNE_EDGE_WITH_" +
                 (options.backend == BackendKind::TensorRT ? "TENSORRT" : "ONNXRUNTIME") + "=ON)");
   }
+  tasks_ = options.tasks;
+#ifdef SUBTUNE_EDGE_HAVE_ONNXRUNTIME
+  detail::ModularLayout layout;
+  if (!tasks_.empty() && options.backend == BackendKind::OnnxRuntime && options.model_file.empty() &&
+      detail::load_modular_layout(dir_, layout)) {
+    for (const auto& t : tasks_) manifest_.task(t);  // an unknown task is refused before any session
+    modular_ = detail::make_modular_engine(dir_, manifest_, std::move(layout), options);
+    return;
+  }
+#endif
   std::string model = options.model_file;
   if (model.empty()) model = options.backend == BackendKind::TensorRT ? "model.plan" : "model.onnx";
 
@@ -149,9 +160,51 @@ Runner::~Runner() = default;
 Runner::Runner(Runner&&) noexcept = default;
 Runner& Runner::operator=(Runner&&) noexcept = default;
 
-std::string Runner::backend_name() const { return backend_ ? backend_->name() : "none"; }
+std::string Runner::backend_name() const {
+  if (modular_) return "onnxruntime (modular)";
+  return backend_ ? backend_->name() : "none";
+}
+
+std::map<std::string, int64_t> Runner::session_runs() const {
+  return modular_ ? modular_->runs() : std::map<std::string, int64_t>{};
+}
+
+TaskOutputs Runner::run(const Tensor& batch, const std::vector<std::string>& tasks) {
+  if (tasks.empty()) throw Error("run: name at least one task");
+  for (const auto& t : tasks) manifest_.task(t);  // throws naming the tasks that exist
+  if (modular_) {
+    manifest_.check_input_shape(batch.shape);
+    if (Tensor::count(batch.shape) != batch.numel()) {
+      throw Error("input tensor of shape " + shape_string(batch.shape) + " holds " + std::to_string(batch.numel()) +
+                  " values");
+    }
+    return modular_->run(batch, tasks);
+  }
+  std::vector<std::string> saved;
+  saved.swap(tasks_);
+  TaskOutputs all;
+  try {
+    all = run(batch);
+  } catch (...) {
+    tasks_.swap(saved);
+    throw;
+  }
+  tasks_.swap(saved);
+  TaskOutputs result;
+  for (const auto& [name, logits] : all) {
+    const TaskInfo& info = manifest_.task(name);
+    for (const auto& t : tasks) {
+      if (t == info.name || t == info.output) {
+        result.add(name, logits);
+        break;
+      }
+    }
+  }
+  return result;
+}
 
 TaskOutputs Runner::run(const Tensor& batch) {
+  if (!tasks_.empty()) return run(batch, tasks_);
   manifest_.check_input_shape(batch.shape);
   if (Tensor::count(batch.shape) != batch.numel()) {
     throw Error("input tensor of shape " + shape_string(batch.shape) + " holds " + std::to_string(batch.numel()) +

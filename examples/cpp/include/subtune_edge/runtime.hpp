@@ -120,7 +120,14 @@ struct RunnerOptions {
   int threads = 0;
   /// Check the sha256 of the model file(s) against the manifest before loading them.
   bool verify_hashes = true;
+  /// Run only these tasks (names or output names; empty: every task). On a modular export (exported with
+  /// --modular) the runner then loads trunk.onnx and only the branches it is asked for, never model.onnx.
+  std::vector<std::string> tasks;
 };
+
+namespace detail {
+class ModularEngine;
+}
 
 /// Per-task outputs, in the manifest's task order, each [N, num_classes] logits.
 class TaskOutputs {
@@ -165,12 +172,22 @@ class Runner {
   std::string backend_name() const;
 
   /// Runs every task on `batch` ([N, C, H, W] float32, preprocessed); throws Error on a wrong shape.
+  /// With RunnerOptions::tasks, runs only those.
   TaskOutputs run(const Tensor& batch);
+  /// Runs only `tasks` (names or output names) on `batch`, chosen per inference. On a modular export only their
+  /// branches run, on the trunk's taps they read; on a fused graph the other outputs are computed but not returned.
+  TaskOutputs run(const Tensor& batch, const std::vector<std::string>& tasks);
+  /// Whether this runner runs trunk.onnx + branches/ (RunnerOptions::tasks on a modular export).
+  bool modular() const { return modular_ != nullptr; }
+  /// Session runs per file of a modular runner ("trunk.onnx", "branches/a.onnx"); empty otherwise.
+  std::map<std::string, int64_t> session_runs() const;
 
  private:
   std::filesystem::path dir_;
   Manifest manifest_;
   std::unique_ptr<Backend> backend_;
+  std::vector<std::string> tasks_;                  // RunnerOptions::tasks
+  std::unique_ptr<detail::ModularEngine> modular_;  // set for RunnerOptions::tasks on a modular export
 };
 
 struct Prediction {
