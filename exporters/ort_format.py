@@ -39,6 +39,8 @@ _converter = importlib.import_module("onnxruntime.tools.convert_onnx_models_to_o
 _ort_model = importlib.import_module("onnxruntime.tools.ort_format_model")
 for _handler in [h for h in logging.getLogger().handlers if h not in _root_handlers]:
     logging.getLogger().removeHandler(_handler)
+# ... and its config writer logs every file it writes at INFO, with its logger set to DEBUG: quiet it
+logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
 
 CONVERTER = "onnxruntime.tools.convert_onnx_models_to_ort"
 #: the export's ONNX files that get an .ort twin, when present (separate copies are a benchmark baseline)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from exporters import FP16, FP32, Tolerance, compare_outputs, export_tasks
+from exporters.export import OPTION_NAMES
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError
 from subtune_edge.runtime import OrtRunner, load_export, make_runner, read_manifest
@@ -21,13 +22,17 @@ from tests.helpers import SIZE, backbone_for, three_depth_tasks
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'subtune-edge[openvino]'")
 
 TOLERANCES = {"model.onnx": FP32, "model.fp16.onnx": FP16}
+#: INT8 where this tree can write it: calibrated on bundled photos, a gate loose enough for random weights
+INT8 = {"int8": True, "calibration": ("skimage-textures",), "calibration_samples": 16, "int8_min_agreement": 0.5,
+        "int8_max_drop": 1.0} if "int8" in OPTION_NAMES else {}
 
 
 @pytest.fixture(scope="module")
 def ov_export(tmp_path_factory):
     tasks = three_depth_tasks(backbone_for("resnet18"))
     out = tmp_path_factory.mktemp("ov") / "export"
-    export_tasks(tasks, out, batch=(1, 8), fp16=True, separate=True, verify_with=("openvino",))
+    export_tasks(tasks, out, batch=(1, 8), fp16=True, separate=True, verify_with=("openvino",), ort_format=True,
+                 **INT8)
     return out
 
 
@@ -66,11 +71,16 @@ def test_openvino_outputs_agree_with_onnxruntime_within_the_files_precision(ov_e
 def test_export_verification_on_openvino_is_recorded(ov_export):
     ver = read_manifest(ov_export).info["verification"]
     ov_results = [r for r in ver["results"] if r.get("runtime") == "openvino"]
-    assert {r["file"] for r in ov_results} == {"model.onnx", "model.fp16.onnx"}
-    assert len(ov_results) == 6 and all(r["passed"] for r in ov_results)
+    files = ["model.onnx", "model.fp16.onnx"] + (["model.int8.onnx"] if INT8 else [])
+    assert {r["file"] for r in ov_results} == set(files)
+    assert len(ov_results) == 3 * len(files) and all(r["passed"] for r in ov_results)
     assert {r["tolerance"] for r in ov_results if r["file"] == "model.fp16.onnx"} == {"fp16"}
     assert ver["openvino"]["config"]["PERFORMANCE_HINT"] == "LATENCY"
-    assert ver["openvino"]["files"] == ["model.onnx", "model.fp16.onnx"]
+    assert ver["openvino"]["files"] == files
+    if INT8:  # INT8 has no PyTorch tolerance (its gate is against fp32): OpenVINO and .ort against ORT's INT8 run
+        for file in ("model.int8.onnx", "model.int8.ort"):
+            mine = [r for r in ver["results"] if r["file"] == file and r.get("reference")]
+            assert len(mine) == 3 and all(r["passed"] and r["tolerance"] == "int8-runtime" for r in mine), mine
 
 
 def test_load_export_and_predict_on_openvino_match_onnxruntime(ov_export, tmp_path):

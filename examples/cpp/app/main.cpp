@@ -25,7 +25,7 @@ constexpr int kExitUsage = 2;
 const char* const kUsage =
     "usage: subtune_edge_run EXPORT_DIR INPUT [--topk K] [--json] [--backend onnxruntime|tensorrt]\n"
     "                        [--model FILE] [--threads N] [--dump-outputs DIR] [--dump-input FILE.npy]\n"
-    "                        [--no-verify]\n"
+    "                        [--no-verify] [--ort-format]\n"
     "\n"
     "Runs every task of a subtune-edge export (model.onnx or model.plan + manifest.json) on INPUT and\n"
     "prints, per task, the top-k labels with their softmax scores.\n"
@@ -41,6 +41,8 @@ const char* const kUsage =
     "  --dump-outputs DIR  also write each task's logits to DIR/<output name>.npy\n"
     "  --dump-input FILE   also write the preprocessed input tensor to FILE (.npy)\n"
     "  --no-verify         skip the sha256 check of the model file against manifest.json\n"
+    "  --ort-format        onnxruntime: run the .ort twin (ONNX Runtime's mobile format, exported with\n"
+    "                      --ort-format): model.ort, or the .ort twin of the --model / --precision file\n"
     "  --tasks A,C         run only these tasks; a modular export (--modular) then runs trunk.onnx and\n"
     "                      only their branches/<task>.onnx\n"
     "  --version           print the runtime's version and backends\n";
@@ -57,6 +59,7 @@ struct Args {
   se::RunnerOptions options;
   std::filesystem::path dump_outputs;
   std::filesystem::path dump_input;
+  bool ort_format = false;  // run model[.fp16|.int8].ort instead of the .onnx file
 };
 
 int64_t parse_int(const std::string& flag, const std::string& text, int64_t min) {
@@ -119,6 +122,8 @@ bool parse_args(int argc, char** argv, Args& args) {
       if (args.options.tasks.empty()) throw UsageError("--tasks expects a comma-separated list of task names");
     } else if (a == "--no-verify") {
       args.options.verify_hashes = false;
+    } else if (a == "--ort-format") {
+      args.ort_format = true;
     } else if (a.size() > 1 && a[0] == '-') {
       throw UsageError("unknown option " + a);
     } else {
@@ -130,6 +135,17 @@ bool parse_args(int argc, char** argv, Args& args) {
   }
   args.export_dir = positional[0];
   args.input = positional[1];
+  if (args.ort_format) {
+    // ONNX Runtime loads an .ort file by path as it loads an .onnx one (it tells them apart by the suffix)
+    if (args.options.backend == se::BackendKind::TensorRT) throw UsageError("--ort-format runs on --backend onnxruntime");
+    std::string& model = args.options.model_file;
+    if (model.empty()) model = "model.onnx";
+    const std::string suffix = ".onnx";
+    if (model.size() <= suffix.size() || model.compare(model.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      throw UsageError("--ort-format selects the .ort twin of an .onnx file, not of '" + model + "'");
+    }
+    model = model.substr(0, model.size() - suffix.size()) + ".ort";
+  }
   return true;
 }
 

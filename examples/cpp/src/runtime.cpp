@@ -129,6 +129,10 @@ Runner::Runner(const std::filesystem::path& export_dir, const RunnerOptions& opt
       throw Error(dir_.string() + " has no model.plan: export with --trt on the target device, or use "
                   "--backend onnxruntime");
     }
+    if (model.size() > 4 && model.compare(model.size() - 4, 4, ".ort") == 0 &&
+        manifest_.files.find(model) == manifest_.files.end()) {
+      throw Error(dir_.string() + " has no " + model + ": re-export with --ort-format");
+    }
     throw Error((dir_ / model).string() + " is missing: the export is incomplete");
   }
   if (options.verify_hashes) {
