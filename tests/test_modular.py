@@ -228,3 +228,15 @@ def test_cli_add_task_on_a_fused_export_is_one_line(tmp_path):
                                        "--task-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "not a modular export" in result.output and "--modular" in result.output
+
+
+def test_bench_modular_writes_ratios(resnet_export, tmp_path):
+    _, _, out = resnet_export
+    result = CliRunner().invoke(main, ["bench", str(out), "--modular", "--batch", "1", "--seconds", "0",
+                                       "--threads", "1", "--results", str(tmp_path / "res")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "res" / "modular.json").read_text())
+    point = data["setups"][0]["points"][0]
+    assert {"fused", "modular-all", "modular[early]", "fused[early]", "modular-pruned[early]"} <= set(point["variants"])
+    assert point["ratios"]["modular_all_over_fused"] > 0 and 0 < point["flops"]["early"]["ideal_over_fused"] < 1
+    assert data["machine"]

@@ -23,6 +23,8 @@ from benchmarks import (
     write_report,
 )
 from benchmarks.device_costs import is_cost_table, measure_device_costs
+from benchmarks.modular import bench_export as bench_modular
+from benchmarks.modular import write_results as write_modular
 from benchmarks.report import group_rows
 
 from ..backbone import create_backbone, model_args_for_input
@@ -81,7 +83,13 @@ def _progress():
               help="Intra-op threads per session (recorded). Default: runtime's.")
 @click.option("--seconds", type=NON_NEGATIVE_SECONDS, default=None, help="Time budget per measurement point.")
 @click.option("--max-tasks", type=POSITIVE, default=None, help="Measure k = 1..N for the first N tasks only.")
-def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, threads, seconds, max_tasks) -> None:
+@click.option("--modular", is_flag=True, help="Modular export (--modular): fused vs trunk + all branches vs subsets "
+              "(1 of k, 2 of k) vs the fused graph pruned to each subset, with each subset's FLOPs ideal (ORT CPU).")
+@click.option("--precision", "precisions", default="fp32", show_default=True, metavar="P,Q",
+              help="Comma-separated ONNX precisions to measure, each fused vs separate: fp32, int8 (model.int8.onnx vs "
+                   "separate/<task>.int8.onnx; export with --separate --int8). INT8 rows add fused / fused fp32.")
+def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, threads, seconds, max_tasks,
+          modular: bool = False, precisions: str = "fp32") -> None:
     """Measure fused vs separate latency and memory for k = 1..N tasks.
 
     \b
@@ -91,6 +99,16 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, 
     """
     if bool(export_dir) == bool(suite):
         raise click.UsageError("give either EXPORT_DIR or --suite")
+    if modular:
+        if not export_dir:
+            raise click.UsageError("--modular measures an EXPORT_DIR written with export --modular")
+        check_results_dir(results_dir, export_dir)
+        result = bench_modular(export_dir, batches or [1], seconds=10.0 if seconds is None else seconds,
+                               threads=threads)
+        render_modular(result)
+        for kind, path in write_modular(result, results_dir).items():
+            click.echo(f"wrote {kind}: {path}")
+        return
     backend_list = split_csv(backends) or None
     # refuse a results folder that holds anything else before minutes of measuring, not after
     check_results_dir(results_dir, export_dir)
@@ -102,7 +120,7 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, 
     else:
         tasks, backbone = load_bench_tasks(export_dir, task_dir, weights) if task_dir else (None, None)
         config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=batches or [1], threads=threads,
-                             max_tasks=max_tasks)
+                             max_tasks=max_tasks, precisions=split_csv(precisions) or ["fp32"])
         if seconds is not None:
             config.budget.seconds = seconds
     bar, progress = _progress()
@@ -143,6 +161,23 @@ def render_results(results: dict, console: Console | None = None) -> None:
                           f"{r['ratio']:.3f}", ideal, f"{r['added_ms_fused']:.2f}", f"{r['added_ms_separate']:.2f}",
                           f"{m['fused_weight_bytes'] / 1e6:.1f}/{m['separate_weight_bytes'] / 1e6:.1f}")
         console.print(table)
+
+
+def render_modular(result: dict, console: Console | None = None) -> None:
+    """Print one table per batch of a ``bench --modular`` result."""
+    console = console or Console(width=120)
+    for setup in result["setups"]:
+        for p in setup["points"]:
+            table = Table(title=escape(f"modular vs fused, batch {p['batch']} ({p['rounds']} rounds)"))
+            for col in ("variant", "median ms", "vs fused", "FLOPs ideal vs fused"):
+                table.add_column(col, justify="left" if col == "variant" else "right")
+            fused = p["variants"]["fused"]["median_ms"]
+            for name, v in p["variants"].items():
+                key = name[name.index("[") + 1:-1] if name.startswith("modular[") else None
+                ideal = p["flops"].get(key, {}).get("ideal_over_fused") if key else None
+                table.add_row(escape(name), f"{v['median_ms']:.2f}", f"{v['median_ms'] / fused:.3f}",
+                              "" if ideal is None else f"{ideal:.3f}")
+            console.print(table)
 
 
 def render_costs(costs: dict, console: Console | None = None) -> None:
