@@ -22,6 +22,8 @@ the plain graph: the sweep checks that (same ops, same weights) and reports plai
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import sys
@@ -92,10 +94,26 @@ def _time_pair(a_path: Path, b_path: Path, feed: dict, threads: int, budget: Bud
         b.deactivate()
 
 
-def run_model(spec: dict, cfg: dict, work: Path) -> dict:
-    """The sweep for one model: exports per k and variant, then every (batch, k) point."""
+@contextlib.contextmanager
+def _locked(path: str | None):
+    """Hold an exclusive ``flock`` on ``path`` (the machine's benchmark lock) while timing; no-op for None."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        waited = time.perf_counter()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        log.info("benchmark lock %s taken after %.0f s", path, time.perf_counter() - waited)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_model(spec: dict, cfg: dict, work: Path, lock: str | None = None) -> dict:
+    """The sweep for one model: exports per k and variant (unlocked), then every (batch, k) point (locked)."""
     name, units, (h, w) = spec["backbone"], spec["units"], spec["input_size"]
-    threads, budget, ks = cfg["threads"], cfg["budget"], cfg["ks"]
+    ks = cfg["ks"]
     weights = trained_like_weights(name, h, work / f"{name}.safetensors")
     backbone = create_backbone(name, weights, **model_args_for_input(name, (h, w)))
     tuned = backbone.parse_units(units)
@@ -124,6 +142,18 @@ def run_model(spec: dict, cfg: dict, work: Path) -> dict:
         if ("stacked", k) in exports:
             stacked_same[k] = _graph_signature(exports[("stacked", k)]) == _graph_signature(exports[("plain", k)])
             exports[("stacked", k)].unlink()  # same graph as plain: measured once, as plain
+    with _locked(lock):
+        load_before = load()
+        rows = _measure(name, units, (h, w), cfg, exports, flops, stacked_same)
+        load_after = load()
+    _derive(rows, cfg)
+    return {"model": name, "units": units, "input_size": [h, w], "rows": rows, "export_seconds": export_s,
+            "load_during": [load_before, load_after]}
+
+
+def _measure(name, units, size, cfg, exports, flops, stacked_same) -> list[dict]:
+    h, w = size
+    threads, budget, ks = cfg["threads"], cfg["budget"], cfg["ks"]
     rows = []
     rng = np.random.default_rng(0)
     shape = (3, h, w)
@@ -151,6 +181,10 @@ def run_model(spec: dict, cfg: dict, work: Path) -> dict:
                 row["grouped_rss_growth_bytes"] = _rss(batch, shape, exports[other], threads)
                 row["grouped_over_plain"] = second.median_ms / plain.median_ms
             rows.append(row)
+    return rows
+
+
+def _derive(rows: list[dict], cfg: dict) -> None:
     for batch in cfg["batches"]:
         sel = [r for r in rows if r["batch"] == batch]
         base = next((r for r in sel if r["k"] == 1), None)
@@ -162,7 +196,6 @@ def run_model(spec: dict, cfg: dict, work: Path) -> dict:
             r["plain_added_ms_per_task"] = (r["plain"]["median_ms"] - base["plain"]["median_ms"]) / max(r["k"] - 1, 1)
             if "grouped" in r:
                 r["grouped_added_ms_per_task"] = (r["grouped"]["median_ms"] - base["plain"]["median_ms"]) / (r["k"] - 1)
-    return {"model": name, "units": units, "input_size": [h, w], "rows": rows, "export_seconds": export_s}
 
 
 def _fmt(v, nd=1):
@@ -186,6 +219,7 @@ def report(results: dict) -> str:
              "", f"Budget per point: {results['budget']}; plain and grouped alternate round by round.", ""]
     for m in results["models"]:
         lines += [f"## {m['model']} at {m['input_size'][0]}x{m['input_size'][1]}, each task tuning {m['units']}", "",
+                  f"Load average while timing: {m.get('load_during')}.", "",
                   "| batch | k | plain ms | grouped ms | grouped / plain | FLOPs-ideal ms | k separate ms | "
                   "added ms/task plain / grouped | weights MB plain / grouped | RSS MB plain / grouped |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -250,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small models at 64 px, k <= 4 (a smoke run)")
     parser.add_argument("--models", default=None, help="comma-separated backbones of the suite to run (default all)")
     parser.add_argument("--ks", default=None, help="comma-separated k values (default the suite's; keep 1: the base)")
+    parser.add_argument("--lock", default=None, help="flock this file while timing (exports run unlocked)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default the suite's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -267,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     with tempfile.TemporaryDirectory(prefix="k-scaling-") as tmp:
         for spec in cfg["models"]:
-            models.append(run_model(spec, cfg, Path(tmp)))
+            models.append(run_model(spec, cfg, Path(tmp), args.lock))
     cut = "; ".join(f"{m} batch {b} only up to k = {k}" for m, lim in cfg["max_k"].items() for b, k in lim.items())
     results = {"machine": machine(), "threads": cfg["threads"], "budget": vars(cfg["budget"]), "ks": cfg["ks"],
                "load_before": before, "load_after": load(), "seconds": round(time.perf_counter() - start, 1),
