@@ -259,13 +259,17 @@ def plot(results: dict, path: Path) -> Path | None:
             row[0].plot(gk, [r["grouped"]["median_ms"] for r in sel if "grouped" in r], "s--", color=colour,
                         label=f"grouped b{batch}")
             row[0].plot(ks, [r.get("ideal_ms") for r in sel], ":", color=colour, label=f"FLOPs ideal b{batch}")
-            row[1].plot(ks, [(r["plain_rss_growth_bytes"] or 0) / 1e6 for r in sel], "o-", color=colour,
-                        label=f"plain RSS b{batch}")
-            row[1].plot(gk, [(r["grouped_rss_growth_bytes"] or 0) / 1e6 for r in sel if "grouped" in r], "s--",
-                        color=colour, label=f"grouped RSS b{batch}")
+            rss = [r for r in sel if r["plain_rss_growth_bytes"] is not None]
+            if rss:  # probed at batch 1 only
+                row[1].plot([r["k"] for r in rss], [r["plain_rss_growth_bytes"] / 1e6 for r in rss], "o-",
+                            color=colour, label=f"plain RSS b{batch}")
+                grss = [r for r in rss if r.get("grouped_rss_growth_bytes") is not None]
+                row[1].plot([r["k"] for r in grss], [r["grouped_rss_growth_bytes"] / 1e6 for r in grss], "s--",
+                            color=colour, label=f"grouped RSS b{batch}")
             if batch == min(r["batch"] for r in m["rows"]):
                 row[1].plot(ks, [r["plain_weight_bytes"] / 1e6 for r in sel], "k:", label="plain weights")
-        for ax, what in zip(row, ("median latency, ms", "MB")):
+        row[0].set_yscale("log")
+        for ax, what in zip(row, ("median latency, ms (log)", "MB")):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("k tasks")
             ax.set_ylabel(what)
