@@ -28,6 +28,7 @@ from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import is_export_dir, require
 from subtune_edge.task import Task
 
+from . import int8 as int8_mod
 from . import manifest as manifest_mod
 from . import tensorrt as trt_mod
 from .fp16 import convert_fp16
@@ -77,6 +78,22 @@ class ExportOptions:
     workspace: int = field(default=trt_mod.DEFAULT_WORKSPACE, metadata={"help": "TensorRT workspace, bytes"})
     timing_cache: str | Path | None = field(default=None, metadata={
         "help": "TensorRT timing cache file (default: ~/.cache/subtune-edge/)"})
+    int8: bool = field(default=False, metadata={
+        "help": "also write model.int8.onnx (and separate/<task>.int8.onnx): INT8 QDQ, calibrated on every task's "
+                "images, each task gated against fp32"})
+    calibration: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "INT8 calibration data: image folders or data specs (digits:parity), TASK=DATA for one task; "
+                "None: each task's recorded training data"})
+    calibration_samples: int = field(default=256, metadata={"help": "INT8 calibration images in all (seeded mix)"})
+    calibration_method: str = field(default="minmax", metadata={
+        "help": "INT8 calibration: minmax, entropy or percentile"})
+    int8_min_agreement: float = field(default=0.98, metadata={
+        "help": "INT8 gate: least top-1 agreement with fp32 per task on held-out images"})
+    int8_max_drop: float = field(default=0.01, metadata={
+        "help": "INT8 gate: largest accuracy drop per task (a fraction: 0.01 = 1 point)"})
+    int8_gate_samples: int = field(default=256, metadata={"help": "INT8 gate: held-out images per task, at most"})
+    int8_fallback: bool = field(default=False, metadata={
+        "help": "keep the branch of a task failing the INT8 gate in fp32 instead of failing the export"})
     ort_format: bool = field(default=False, metadata={
         "help": "also write model.ort (+ model.fp16.ort / model.int8.ort) and required_operators.config: "
                 "ONNX Runtime's mobile format, verified like the .onnx files"})
@@ -192,6 +209,8 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     if opts.trt:
         trt_mod.require_tensorrt()  # before any other work: a missing TensorRT should cost nothing
     _check_verify_with(tuple(opts.verify_with), opts.verify)
+    if opts.int8:
+        int8_mod.check_options(int8_mod.options_from(opts))  # before any work
     lo, opt, hi = check_batch(tuple(opts.batch))
     exporter = "dynamo" if opts.dynamo else "torchscript"
     opset = opts.opset
@@ -232,6 +251,12 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
             with step("fp16", timings, progress, "converting to model.fp16.onnx"):
                 onnx_reports["model.fp16.onnx"] = convert_fp16(staging / "model.onnx", staging / "model.fp16.onnx",
                                                                outs)
+        int8_export = None
+        if opts.int8:
+            with step("int8", timings, progress, "quantizing to model.int8.onnx (calibration, per-task gate)"):
+                int8_export = int8_mod.export_all(staging, tasks, outs, preprocessing, size, (lo, hi),
+                                                  int8_mod.options_from(opts), opts.separate, progress)
+                onnx_reports.update(int8_export.reports)
         ort_record = None
         if opts.ort_format:
             with step("ort-format", timings, progress, "converting to ONNX Runtime's .ort format"):
@@ -257,11 +282,14 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
         trt_record = None
         if opts.trt:
             with step("tensorrt", timings, progress, "building model.plan with TensorRT"):
-                recipe = trt_mod.build_recipe(trt_mod.tensorrt_version() or "0", opts.fp16)
+                recipe = trt_mod.build_recipe(trt_mod.tensorrt_version() or "0", opts.fp16, int8=opts.int8)
                 shapes = trt_mod.profile_shapes((lo, opt, hi), size)
                 trt_record = trt_mod.build_engine(staging, recipe, shapes, workspace=opts.workspace,
                                                   timing_cache=opts.timing_cache)
-            if checked is not None:
+            if recipe.precision == "int8":  # INT8 logits are not within TF32 of PyTorch: model.int8.onnx was gated
+                trt_record["verification"] = {"passed": None, "skipped": "an INT8 engine: its source model.int8.onnx "
+                                                                          "passed the per-task INT8 gate"}
+            elif checked is not None:
                 trt_record["verification"] = verify_plan(staging, recipe, tasks_by_output, verification, checked,
                                                           timings, progress)
         timings["total"] = round(time.perf_counter() - start, 3)
@@ -271,6 +299,8 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
             record["modular"] = modular_record
         if ort_record is not None:
             record["ort_format"] = ort_record
+        if int8_export is not None:
+            int8_export.apply(record)
         emit(progress, STAGE, "hashing files and writing manifest.json", step="manifest")
         manifest = manifest_mod.write_manifest(staging, record)
     return manifest
@@ -315,7 +345,8 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
         task_records.append(rec)
     sizes = {"fused_bytes": onnx_reports["model.onnx"]["bytes"]}
     if separate:
-        sizes["separate_bytes"] = sum(r["bytes"] for f, r in onnx_reports.items() if f.startswith("separate/"))
+        sizes["separate_bytes"] = sum(r["bytes"] for f, r in onnx_reports.items()
+                                      if f.startswith("separate/") and not f.endswith(".int8.onnx"))
         sizes["ratio"] = round(sizes["fused_bytes"] / sizes["separate_bytes"], 4)
     return {
         "format": manifest_mod.FORMAT, "format_version": manifest_mod.FORMAT_VERSION, "created": manifest_mod.now(),

@@ -64,7 +64,7 @@ class BuildRecipe:
 
     version: str
     major: int
-    precision: str                 # "fp32" or "fp16"
+    precision: str                 # "fp32", "fp16" or "int8"
     onnx_file: str                 # which file of the export the engine is built from
     strongly_typed: bool           # precision taken from the ONNX's types
     network_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag members to set
@@ -74,13 +74,24 @@ class BuildRecipe:
         return asdict(self)
 
 
-def build_recipe(version: str, fp16: bool) -> BuildRecipe:
-    """Version dispatch: which ONNX, which flags. Needs no TensorRT."""
+def build_recipe(version: str, fp16: bool, int8: bool = False) -> BuildRecipe:
+    """Version dispatch: which ONNX, which flags. Needs no TensorRT.
+
+    With ``int8`` the engine is built from ``model.int8.onnx`` (explicit quantization: the QDQ
+    nodes say what runs in int8). TensorRT 10 parses it weakly typed and needs ``BuilderFlag.INT8``
+    for a QDQ network (plus ``FP16`` with ``fp16``, so that the layers left in float may use fp16);
+    TensorRT 11 is strongly typed and takes every precision from the graph, with no flags.
+    """
     major = trt_major(version)
-    precision = "fp16" if fp16 else "fp32"
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     if major < MIN_MAJOR:
         raise ExportError(f"TensorRT {version} is too old; subtune-edge builds with TensorRT 10 (JetPack 6) or 11: "
                           "upgrade JetPack or `pip install 'subtune-edge[trt]'`")
+    if int8:
+        if major == 10:
+            return BuildRecipe(version, major, precision, "model.int8.onnx", False, (),
+                               ("INT8", "FP16") if fp16 else ("INT8",))
+        return BuildRecipe(version, major, precision, "model.int8.onnx", True, (), ())
     if major == 10:
         # weak typing: builder flags allow fp16 kernels on the fp32 graph (explicit batch is implied in 10)
         return BuildRecipe(version, major, precision, "model.onnx", False, (), ("FP16",) if fp16 else ())

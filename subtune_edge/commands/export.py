@@ -48,6 +48,21 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
               help="Allow an --input-size other than the one the tasks were prepared at (recorded in the manifest).")
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights and compute, float32 I/O).")
 @click.option("--trt", is_flag=True, help="Also build model.plan with TensorRT (needs the 'trt' extra and a GPU).")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx: INT8 QDQ calibrated on every task's images, "
+                                           "each task gated against fp32 on held-out images.")
+@click.option("--calibration", "calibration", multiple=True, metavar="DATA",
+              help="INT8 calibration data (repeatable): an image folder or a spec like digits:parity; TASK=DATA "
+                   "for one task. Default: each task's recorded training data.")
+@click.option("--calibration-samples", "calibration_samples", default=256, show_default=True,
+              help="INT8 calibration images in all, drawn evenly from the tasks (seeded).")
+@click.option("--calibration-method", "calibration_method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="How INT8 ranges are computed from the calibration images.")
+@click.option("--int8-min-agreement", "int8_min_agreement", default=0.98, show_default=True,
+              help="INT8 gate: least top-1 agreement with fp32 per task, on held-out images.")
+@click.option("--int8-max-drop", "int8_max_drop", default=0.01, show_default=True,
+              help="INT8 gate: largest accuracy drop per task (0.01 = 1 point).")
+@click.option("--int8-fallback", "int8_fallback", is_flag=True,
+              help="Keep the branch of a task failing the INT8 gate in fp32 (and check again) instead of failing.")
 @click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
 @click.option("--modular", is_flag=True, help="Also write trunk.onnx + branches/<task>.onnx: add or remove tasks later "
               "(add-task, remove-task), run only some (predict --tasks).")
@@ -71,7 +86,9 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size,
            allow_resize: bool, fp16: bool, trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool,
            grouped: bool, images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool,
-           ort_format: bool = False, verify_with: str = "", modular: bool = False) -> None:
+           ort_format: bool = False, verify_with: str = "", modular: bool = False, int8: bool = False,
+           calibration: tuple[str, ...] = (), calibration_samples: int = 256, calibration_method: str = "minmax",
+           int8_min_agreement: float = 0.98, int8_max_drop: float = 0.01, int8_fallback: bool = False) -> None:
     """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
@@ -96,7 +113,10 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
                                 progress=lambda event: _show(status, event), images=list(images) or None,
                                 ort_format=ort_format, verify_with=tuple(split_csv(verify_with)),
                                 workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked,
-                                grouped=grouped, modular=modular)
+                                grouped=grouped, modular=modular, int8=int8,
+                                calibration=tuple(calibration) or None, calibration_samples=calibration_samples,
+                                calibration_method=calibration_method, int8_min_agreement=int8_min_agreement,
+                                int8_max_drop=int8_max_drop, int8_fallback=int8_fallback)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
@@ -105,7 +125,30 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
                   f"{time.perf_counter() - start:.1f} s")
     _render_files(console, manifest)
     _render_verification(console, manifest)
+    _render_int8(console, manifest)
     _render_sizes(console, manifest)
+
+
+def _render_int8(console: Console, manifest: dict) -> None:
+    """Per task: its branch's precision in model.int8.onnx and the gate's figures."""
+    summary = manifest.get("int8")
+    if not summary:
+        return
+    table = Table(title=f"INT8 gate (model.int8.onnx, {summary.get('method')} calibration on "
+                        f"{summary.get('calibration_samples')} images)")
+    for col in ("task", "branch", "agreement", "acc. fp32", "acc. int8", "held-out", "ok"):
+        table.add_column(col, justify="left" if col in ("task", "branch") else "right")
+
+    def pct(v):
+        return "" if v is None else f"{v:.1%}"
+
+    for t in manifest["tasks"]:
+        g = t.get("int8")
+        if g:
+            table.add_row(t["name"], g["precision"], pct(g["agreement"]), pct(g.get("accuracy_fp32")),
+                          pct(g.get("accuracy_int8")), str(g["samples"]), "[green]yes[/]" if g.get("passed", True)
+                          else "[yellow]fp32 branch[/]")
+    console.print(table)
 
 
 def _show(status, event: Event) -> None:
@@ -121,7 +164,9 @@ def _render_files(console: Console, manifest: dict, status: dict[str, str] | Non
         what = {"model.onnx": "fused, fp32", "model.fp16.onnx": "fused, fp16", "model.plan": "TensorRT engine",
                 "model.ort": "fused, fp32, ORT format", "model.fp16.ort": "fused, fp16, ORT format",
                 "model.int8.ort": "fused, int8, ORT format", "required_operators.config": "ORT minimal-build ops"}.get(
-            rel, "one task, full model" if rel.startswith("separate/") else "weights" if rel.endswith(".data") else "")
+            rel, "one task, full model, int8" if rel.endswith(".int8.onnx") and rel.startswith("separate/")
+            else "fused, int8 QDQ" if rel == "model.int8.onnx" else
+            "one task, full model" if rel.startswith("separate/") else "weights" if rel.endswith(".data") else "")
         if rel in onnx and "initializers" in onnx[rel]:
             what += f", {onnx[rel]['initializers']} tensors"
         row = [rel, _mb(rec["bytes"]), what]
@@ -228,6 +273,7 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
     _render_files(console, data, status)
     try:
         _render_verification(console, data)
+        _render_int8(console, data)
         _render_sizes(console, data)
         if (info.get("plan") or {}).get("cost"):
             render_plan(info["plan"], console)
@@ -259,6 +305,8 @@ def _render_modular(console: Console, manifest: Manifest) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True,
               help="ONNX Runtime CPU / CUDA provider (auto: CUDA where available), or the TensorRT plan.")
 @click.option("--fp16", is_flag=True, help="Run model.fp16.onnx instead of model.onnx.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Which file to run: model.onnx, model.fp16.onnx or model.int8.onnx (--fp16 = --precision fp16).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
               help="Run the .onnx file on ONNX Runtime, or on OpenVINO (CPU; needs the 'openvino' extra).")
 @click.option("--ort-format", "ort_format", is_flag=True,
@@ -267,7 +315,8 @@ def _render_modular(console: Console, manifest: Manifest) -> None:
               help="Run only these tasks (a modular export runs only their branches and the trunk as deep as needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per image.")
 def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: bool, as_json: bool,
-            runtime: str = "onnxruntime", ort_format: bool = False, task_filter: str | None = None) -> None:
+            runtime: str = "onnxruntime", ort_format: bool = False, task_filter: str | None = None,
+            precision: str | None = None) -> None:
     """Run an export on images and print each task's top-k labels with softmax scores.
 
     Preprocessing is the manifest's (what an app must do); this is the reference the C++ runner
@@ -279,7 +328,9 @@ def predict(out: str, images: tuple[str, ...], topk: int, device: str, fp16: boo
     """
     if topk < 1:
         raise click.BadParameter("must be at least 1", param_hint="--topk")
-    with load_export(out, device=device, precision="fp16" if fp16 else "fp32", runtime=runtime,
+    if fp16 and precision not in (None, "fp16"):
+        raise click.BadParameter(f"--fp16 contradicts --precision {precision}; pass one", param_hint="--precision")
+    with load_export(out, device=device, precision=precision or ("fp16" if fp16 else "fp32"), runtime=runtime,
                      format="ort" if ort_format else "onnx", tasks=split_csv(task_filter) or None) as model:
         results = model.predict(list(images), topk=topk)
         runner = model.runner.name

@@ -32,13 +32,15 @@ from .preprocess import preprocess, softmax
 from .tensorrt import TrtRunner
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+#: the ONNX file each precision runs
+PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 #: what runs the graph: ONNX Runtime (its CPU / CUDA providers, by ``device``) or OpenVINO (CPU)
 RUNTIMES = ("onnxruntime", "openvino")
 #: the file format ONNX Runtime loads: the ``.onnx`` graph or its ``.ort`` twin (ONNX Runtime Mobile)
 FORMATS = ("onnx", "ort")
 #: the export option that writes each optional file, for the message when it is missing
-_MADE_BY = {"model.plan": "trt", "model.fp16.onnx": "fp16"}
+_MADE_BY = {"model.plan": "trt", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
 
 
 class ExportedModel:
@@ -198,7 +200,8 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
         device: ``auto`` (ONNX Runtime's CUDA provider where available, else CPU), ``cpu``,
             ``cuda``, or ``tensorrt`` (the ``model.plan`` engine).
         precision: ``fp32`` runs ``model.onnx``, ``fp16`` runs ``model.fp16.onnx`` (exported with
-            ``fp16=True``).
+            ``fp16=True``), ``int8`` runs ``model.int8.onnx`` (exported with ``int8=True``; each task's
+            branch precision and gate figures are in its manifest record, ``tasks[i].int8``).
         threads: ONNX Runtime intra-op threads (OpenVINO's ``INFERENCE_NUM_THREADS``); ``None`` lets it choose.
         check_hashes: re-hash the file that will run (turn off only for files you just checked).
         runtime: ``onnxruntime`` (default) or ``openvino`` (the same ``.onnx`` file compiled by OpenVINO for
@@ -222,7 +225,7 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
     root = Path(path)
     device = _pick_device(device)
     if precision not in PRECISIONS:
-        raise ExportError(f"unknown {{param}} '{precision}'; choose fp32 or fp16", param="precision")
+        raise ExportError(f"unknown {{param}} '{precision}'; choose fp32, fp16 or int8", param="precision")
     if runtime not in RUNTIMES:
         raise ExportError(f"unknown {{param}} '{runtime}'; choose from {', '.join(RUNTIMES)}", param="runtime")
     if format not in FORMATS:
@@ -237,7 +240,7 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
     if device == "tensorrt":
         file = "model.plan"
     else:
-        file = "model.onnx" if precision == "fp32" else "model.fp16.onnx"
+        file = PRECISION_FILES[precision]
     if format == "ort":
         file = ort_name(file)
     manifest = read_manifest(root, verify_files=[file] if check_hashes else False)

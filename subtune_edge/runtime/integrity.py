@@ -176,8 +176,8 @@ def check_graph(root: str | os.PathLike, manifest: GraphContract, rel: str) -> N
         raise ExportError(f"{where}: input '{spec.name}' has shape {shown} but the manifest says "
                           f"{list(spec.shape)}; re-export")
     if rel.startswith("separate/"):
-        tasks = [t for t in manifest.tasks if t.separate == rel] or \
-                [t for t in manifest.tasks if rel == f"separate/{t.output}.onnx"]
+        tasks = [t for t in manifest.tasks if rel in (t.separate, getattr(t, "separate_int8", None))] or \
+                [t for t in manifest.tasks if rel in (f"separate/{t.output}.onnx", f"separate/{t.output}.int8.onnx")]
     else:
         tasks = list(manifest.tasks)
     outputs = {o.name: o for o in graph.output}

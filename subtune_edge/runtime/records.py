@@ -138,6 +138,56 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Int8Figures:
+    """A task's INT8 record (``tasks[i].int8``): its branch's precision in ``model.int8.onnx`` and its gate.
+
+    ``agreement`` is the top-1 agreement of INT8 with fp32 on ``samples`` held-out images;
+    ``accuracy_fp32`` / ``accuracy_int8`` are null where the held-out images have no labels.
+    """
+
+    precision: str
+    agreement: float
+    samples: int
+    method: str
+    calibration: tuple[str, ...] = ()
+    calibration_samples: int = 0
+    accuracy_fp32: float | None = None
+    accuracy_int8: float | None = None
+    held_out: str = ""
+    passed: bool = True
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        return {"precision": self.precision, "agreement": self.agreement, "accuracy_fp32": self.accuracy_fp32,
+                "accuracy_int8": self.accuracy_int8, "samples": self.samples, "passed": self.passed,
+                "reason": self.reason, "method": self.method, "calibration": list(self.calibration),
+                "calibration_samples": self.calibration_samples, "held_out": self.held_out}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = MANIFEST, name: str = "tasks[0].int8") -> Int8Figures:
+        """Check a task's ``int8`` entry; raises ExportError naming the field."""
+        c = FieldCheck(where)
+        data = c.obj(data, name)
+
+        def maybe(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else c.number(value, f"{name}.{key}")
+
+        reason = data.get("reason")
+        return cls(
+            precision=c.choice(c.key(data, "precision", f"{name}.precision"), f"{name}.precision", ("int8", "fp32")),
+            agreement=c.number(c.key(data, "agreement", f"{name}.agreement"), f"{name}.agreement"),
+            samples=c.integer(c.key(data, "samples", f"{name}.samples"), f"{name}.samples", 0),
+            method=c.string(data.get("method", ""), f"{name}.method", nonempty=False),
+            calibration=c.strings(data.get("calibration", []), f"{name}.calibration"),
+            calibration_samples=c.integer(data.get("calibration_samples", 0), f"{name}.calibration_samples", 0),
+            accuracy_fp32=maybe("accuracy_fp32"), accuracy_int8=maybe("accuracy_int8"),
+            held_out=c.string(data.get("held_out", ""), f"{name}.held_out", nonempty=False),
+            passed=c.boolean(data.get("passed", True), f"{name}.passed"),
+            reason=None if reason is None else c.string(reason, f"{name}.reason", nonempty=False))
+
+
+@dataclass(frozen=True)
 class TaskOutput:
     """One task of the export: its output in the graph, its classes, and how it was trained.
 
@@ -155,6 +205,8 @@ class TaskOutput:
     val_accuracy: float | None = None
     separate: str | None = None
     resized_from: tuple[int, int] | None = None
+    int8: Int8Figures | None = None
+    separate_int8: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -172,6 +224,10 @@ class TaskOutput:
             out["separate"] = self.separate
         if self.resized_from is not None:
             out["resized_from"] = list(self.resized_from)
+        if self.int8 is not None:
+            out["int8"] = self.int8.to_json()
+        if self.separate_int8 is not None:
+            out["separate_int8"] = self.separate_int8
         return out
 
     @classmethod
@@ -203,6 +259,9 @@ class TaskOutput:
             val_accuracy=None if acc is None else c.number(acc, f"{name}.val_accuracy"),
             separate=None if separate is None else c.string(separate, f"{name}.separate"),
             resized_from=resized,
+            int8=None if data.get("int8") is None else Int8Figures.from_json(data["int8"], where, f"{name}.int8"),
+            separate_int8=None if data.get("separate_int8") is None
+            else c.string(data["separate_int8"], f"{name}.separate_int8"),
         )
 
 

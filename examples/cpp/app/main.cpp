@@ -24,7 +24,8 @@ constexpr int kExitUsage = 2;
 
 const char* const kUsage =
     "usage: subtune_edge_run EXPORT_DIR INPUT [--topk K] [--json] [--backend onnxruntime|tensorrt]\n"
-    "                        [--model FILE] [--threads N] [--dump-outputs DIR] [--dump-input FILE.npy]\n"
+    "                        [--model FILE] [--precision fp32|fp16|int8] [--threads N]\n"
+    "                        [--dump-outputs DIR] [--dump-input FILE.npy]\n"
     "                        [--no-verify] [--ort-format]\n"
     "\n"
     "Runs every task of a subtune-edge export (model.onnx or model.plan + manifest.json) on INPUT and\n"
@@ -37,14 +38,16 @@ const char* const kUsage =
     "  --json              print JSON instead of text\n"
     "  --backend NAME      onnxruntime (default) or tensorrt\n"
     "  --model FILE        model file inside the export (default model.onnx, or model.plan for tensorrt)\n"
+    "  --precision P       onnxruntime: run model.onnx (fp32), model.fp16.onnx (fp16) or model.int8.onnx\n"
+    "                      (int8, exported with --int8); tensorrt: the plan's precision is fixed at export\n"
     "  --threads N         ONNX Runtime intra-op threads (default: ONNX Runtime's choice)\n"
     "  --dump-outputs DIR  also write each task's logits to DIR/<output name>.npy\n"
     "  --dump-input FILE   also write the preprocessed input tensor to FILE (.npy)\n"
     "  --no-verify         skip the sha256 check of the model file against manifest.json\n"
-    "  --ort-format        onnxruntime: run the .ort twin (ONNX Runtime's mobile format, exported with\n"
-    "                      --ort-format): model.ort, or the .ort twin of the --model / --precision file\n"
     "  --tasks A,C         run only these tasks; a modular export (--modular) then runs trunk.onnx and\n"
     "                      only their branches/<task>.onnx\n"
+    "  --ort-format        onnxruntime: run the .ort twin (ONNX Runtime's mobile format, exported with\n"
+    "                      --ort-format): model.ort, or the .ort twin of the --model / --precision file\n"
     "  --version           print the runtime's version and backends\n";
 
 struct UsageError : std::runtime_error {
@@ -59,6 +62,7 @@ struct Args {
   se::RunnerOptions options;
   std::filesystem::path dump_outputs;
   std::filesystem::path dump_input;
+  std::string precision;  // empty: the model file's own (model.onnx)
   bool ort_format = false;  // run model[.fp16|.int8].ort instead of the .onnx file
 };
 
@@ -107,6 +111,11 @@ bool parse_args(int argc, char** argv, Args& args) {
       }
     } else if (a == "--model") {
       args.options.model_file = value();
+    } else if (a == "--precision") {
+      args.precision = value();
+      if (args.precision != "fp32" && args.precision != "fp16" && args.precision != "int8") {
+        throw UsageError("--precision expects fp32, fp16 or int8, got '" + args.precision + "'");
+      }
     } else if (a == "--threads") {
       args.options.threads = static_cast<int>(parse_int(a, value(), 0));
     } else if (a == "--dump-outputs") {
@@ -135,6 +144,13 @@ bool parse_args(int argc, char** argv, Args& args) {
   }
   args.export_dir = positional[0];
   args.input = positional[1];
+  if (!args.precision.empty()) {
+    if (!args.options.model_file.empty()) throw UsageError("pass --model or --precision, not both");
+    if (args.options.backend == se::BackendKind::TensorRT) {
+      throw UsageError("--precision selects an ONNX file; a TensorRT plan's precision is fixed when it is built");
+    }
+    args.options.model_file = args.precision == "fp32" ? "model.onnx" : "model." + args.precision + ".onnx";
+  }
   if (args.ort_format) {
     // ONNX Runtime loads an .ort file by path as it loads an .onnx one (it tells them apart by the suffix)
     if (args.options.backend == se::BackendKind::TensorRT) throw UsageError("--ort-format runs on --backend onnxruntime");
@@ -196,6 +212,7 @@ void print_json(const Args& args, const se::Runner& runner, const se::Tensor& in
   }
   doc["tasks"] = std::move(tasks);
   if (runner.modular()) doc["session_runs"] = runner.session_runs();
+  if (!args.precision.empty()) doc["precision"] = args.precision;
   std::cout << doc.dump(2) << '\n';
 }
 

@@ -129,6 +129,12 @@ Runner::Runner(const std::filesystem::path& export_dir, const RunnerOptions& opt
       throw Error(dir_.string() + " has no model.plan: export with --trt on the target device, or use "
                   "--backend onnxruntime");
     }
+    if (model == "model.int8.onnx" || model == "model.fp16.onnx") {
+      const std::string flag = model == "model.int8.onnx" ? "--int8" : "--fp16";
+      if (manifest_.files.find(model) == manifest_.files.end()) {
+        throw Error(dir_.string() + " has no " + model + ": re-export with " + flag);
+      }
+    }
     if (model.size() > 4 && model.compare(model.size() - 4, 4, ".ort") == 0 &&
         manifest_.files.find(model) == manifest_.files.end()) {
       throw Error(dir_.string() + " has no " + model + ": re-export with --ort-format");

@@ -62,6 +62,9 @@ struct TaskInfo {
   std::string output;   // output tensor name in the model
   int64_t num_classes = 0;
   std::vector<std::string> labels;  // empty: classes are named by index
+  /// Precision of this task's branch in model.int8.onnx ("int8", or "fp32" where it failed the INT8 gate and was
+  /// kept in fp32); empty when the export has no INT8 file.
+  std::string int8_precision;
 
   /// labels[k], or k as text where the export has no labels.
   std::string label(int64_t k) const;
