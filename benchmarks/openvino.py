@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="time budget per measurement point")
     parser.add_argument("--min-runs", type=int, default=8, help="timed rounds at least per point")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per point")
+    parser.add_argument("--head-to-head-only", action="store_true",
+                        help="rerun only the head-to-head measurement (the protocol's results.json stays)")
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "openvino")
     args = parser.parse_args(argv)
@@ -118,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:
         export_dir = build_export(args.model, args.size, args.units, args.tasks, Path(tmp) / "export", Path(tmp))
-        config = BenchConfig(backends=["ort-cpu", "openvino"], batch_sizes=batches, threads=args.threads,
-                             budget=budget)
-        load_before = load()
-        results = run_bench(export_dir, config, title=f"{args.model} {args.size}x{args.size}, {args.tasks} tasks "
-                                                      f"({args.units}): OpenVINO vs ONNX Runtime CPU")
-        results["export"]["dir"] = "(temporary)"
-        results["load"] = {"before": load_before, "after": load()}
-        write_files(results, args.out)
+        if not args.head_to_head_only:
+            config = BenchConfig(backends=["ort-cpu", "openvino"], batch_sizes=batches, threads=args.threads,
+                                 budget=budget)
+            load_before = load()
+            results = run_bench(export_dir, config, title=f"{args.model} {args.size}x{args.size}, {args.tasks} "
+                                                          f"tasks ({args.units}): OpenVINO vs ONNX Runtime CPU")
+            results["export"]["dir"] = "(temporary)"
+            results["load"] = {"before": load_before, "after": load()}
+            write_files(results, args.out)
         h2h = {"setup": f"{args.tasks} tasks on {args.model} at {args.size}x{args.size}, tuned on {args.units}, "
                         "trained-like BatchNorm statistics",
                "threads": args.threads, "budget": vars(budget), "machine": machine(), "note": args.note,

@@ -179,7 +179,8 @@ def verify_openvino(staging: Path, verification: dict, checked: tuple, tasks_by_
                                          checked, tasks_by_output, runtime="openvino")
     raise_failures(results)
     verification["results"] += results
-    verification["openvino"] = OpenVinoRunner(Path(staging) / "model.onnx").settings() | {"files": files}
+    with OpenVinoRunner(Path(staging) / "model.onnx") as runner:  # the properties as the compiled model reports them
+        verification["openvino"] = runner.settings() | {"files": files}
 
 
 def verify_ort_format(staging: Path, ort_record: dict, verification: dict, checked: tuple,

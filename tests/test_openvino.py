@@ -17,6 +17,7 @@ from exporters.export import OPTION_NAMES
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError
 from subtune_edge.runtime import OrtRunner, load_export, make_runner, read_manifest
+from subtune_edge.task import save_task
 from tests.helpers import SIZE, backbone_for, three_depth_tasks
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'subtune-edge[openvino]'")
@@ -76,6 +77,7 @@ def test_export_verification_on_openvino_is_recorded(ov_export):
     assert len(ov_results) == 3 * len(files) and all(r["passed"] for r in ov_results)
     assert {r["tolerance"] for r in ov_results if r["file"] == "model.fp16.onnx"} == {"fp16"}
     assert ver["openvino"]["config"]["PERFORMANCE_HINT"] == "LATENCY"
+    assert ver["openvino"]["reported"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert ver["openvino"]["files"] == files
     if INT8:  # INT8 has no PyTorch tolerance (its gate is against fp32): OpenVINO and .ort against ORT's INT8 run
         for file in ("model.int8.onnx", "model.int8.ort"):
@@ -177,3 +179,20 @@ def test_missing_openvino_is_skipped_with_its_install_line(ov_export, tmp_path):
                            "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"error: no backend could run here: {out['reason']}"
+
+
+def test_cli_export_ort_format_and_verify_with_openvino(tmp_path):
+    task = three_depth_tasks(backbone_for("resnet18"))[0]
+    save_task(task, tmp_path / "tasks" / task.name)
+    out = tmp_path / "out"
+    args = ["export", "--tasks", task.name, "--task-dir", str(tmp_path / "tasks"), "--out", str(out), "--json"]
+    bad = CliRunner().invoke(main, [*args, "--verify-with", "tflite"])
+    assert bad.exit_code == 2 and "error: cannot verify on 'tflite'; --verify-with takes openvino" in bad.output
+    result = CliRunner().invoke(main, [*args, "--ort-format", "--verify-with", "openvino"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert {"model.ort", "required_operators.config"} <= set(manifest["files"])
+    assert {(r["file"], r.get("runtime")) for r in manifest["verification"]["results"]} == {
+        ("model.onnx", None), ("model.onnx", "openvino"), ("model.ort", None)}
+    inspect = CliRunner().invoke(main, ["inspect", str(out), "--json"])
+    assert inspect.exit_code == 0 and set(json.loads(inspect.output)["files_check"].values()) == {"ok"}
