@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from exporters import export_tasks
 from exporters.modular import MODULAR_FILE, add_tasks, remove_tasks, weight_hashes
 from subtune_edge.cli import main
-from subtune_edge.errors import ExportError, TaskFileError
+from subtune_edge.errors import ExportError, RuntimeMissingError, TaskFileError
 from subtune_edge.io import sha256_file
 from subtune_edge.multitask import TaskModel
-from subtune_edge.runtime import OrtRunner, load_export, read_manifest
+from subtune_edge.runtime import OrtRunner, load_export, missing_reason, read_manifest
 from subtune_edge.runtime.modular import ModularRunner
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import save_task
@@ -228,6 +228,23 @@ def test_cli_add_task_on_a_fused_export_is_one_line(tmp_path):
                                        "--task-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "not a modular export" in result.output and "--modular" in result.output
+    with load_export(tmp_path / "fused", device="cpu", tasks=["solo"]) as model:  # a fused export: outputs filtered
+        assert isinstance(model.runner, OrtRunner) and list(model.run(_x(1))) == ["solo"]
+    with pytest.raises(ExportError, match="not a modular export"):
+        load_export(tmp_path / "fused", device="cpu", modular=True)
+
+
+def test_cuda_path_needs_a_gpu_and_says_so(resnet_export):
+    _, _, out = resnet_export
+    runner = ModularRunner(out, read_manifest(out, verify_files=False).modular, device="cuda")
+    if missing_reason("ort-cuda") is not None:  # here: CPU-only onnxruntime; the IOBinding path cannot run
+        with pytest.raises(RuntimeMissingError, match="onnxruntime-gpu"):
+            runner.activate()
+    else:  # a CUDA machine: taps stay on the device between sessions, outputs equal the CPU path's
+        x = _x(2)
+        with runner, ModularRunner(out, runner.layout) as cpu:
+            got, ref = runner.infer({"input": x}), cpu.infer({"input": x})
+        assert all(_close(got[k], ref[k]) for k in ref)
 
 
 def test_bench_modular_writes_ratios(resnet_export, tmp_path):
