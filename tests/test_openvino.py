@@ -107,6 +107,16 @@ def test_load_export_and_predict_on_openvino_match_onnxruntime(ov_export, tmp_pa
         assert abs(top[0]["score"] - other[0]["score"]) < 1e-4
 
 
+def test_load_export_on_openvino_runs_a_subset_of_tasks(ov_export):
+    x = np.random.default_rng(4).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with load_export(ov_export, runtime="openvino", tasks=["early", "late"]) as model:
+        assert model.task_names == ["late", "early"]  # output order
+        got = model(x)
+    assert set(got) == {"late", "early"}
+    ref = load_export(ov_export, device="cpu")(x)
+    assert np.abs(got["early"] - ref["early"]).max() <= FP32.rel * np.abs(ref["early"]).max()
+
+
 def test_load_export_refuses_openvino_on_another_device(ov_export):
     with pytest.raises(ExportError, match="OpenVINO runs exports on its CPU device"):
         load_export(ov_export, runtime="openvino", device="cuda")

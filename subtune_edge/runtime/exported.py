@@ -247,10 +247,13 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
     if file not in manifest.files:
         made_by = "ort_format" if file.endswith(".ort") else _MADE_BY.get(file, file)
         raise ExportError(f"{root} has no {file}; re-export with the '{made_by}' option to get it")
-    if runtime == "openvino":
-        require("openvino")
-        return ExportedModel(root, manifest, OpenVinoRunner(root / file, threads=threads), file)
     selected = _selected(manifest, tasks)
+    if runtime == "openvino":
+        if modular:
+            raise ExportError("a modular export's trunk and branches run on ONNX Runtime; load it with {param} "
+                              "onnxruntime", param="runtime")
+        require("openvino")
+        return ExportedModel(root, manifest, OpenVinoRunner(root / file, threads=threads), file, selected)
     if modular or (modular is None and tasks is not None and manifest.modular is not None
                    and runtime == "onnxruntime" and format == "onnx" and precision == "fp32" and device != "tensorrt"):
         return _load_modular(root, manifest, selected, device, threads, check_hashes)
