@@ -89,6 +89,9 @@ class BenchConfig:
     budget: Budget = field(default_factory=Budget, metadata={"help": "when each measurement point stops"})
     max_tasks: int | None = field(default=None, metadata={"help": "measure k = 1..N for the first N tasks only"})
     seed: int = field(default=0, metadata={"help": "seed of the random input batch"})
+    precisions: list[str] = field(default_factory=lambda: ["fp32"], metadata={
+        "help": "ONNX files to measure, each fused vs separate: fp32 (model.onnx, separate/<task>.onnx), int8 "
+                "(model.int8.onnx, separate/<task>.int8.onnx); ONNX backends only"})
 
     def check(self) -> BenchConfig:
         """Refuse settings no measurement can be taken with, naming the field.
@@ -108,6 +111,9 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 raise SubtuneError(f"{{param}} must be a positive integer, got {value!r}", param=name)
+        if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
+            raise SubtuneError(f"{{param}} must be among {', '.join(PRECISIONS)}, got {self.precisions!r}",
+                               param="precisions")
         self.budget.check()
         return self
 
@@ -117,6 +123,8 @@ class BenchConfig:
 
 
 VARIANTS = ("compile", "graphs")
+#: per precision: the fused file, and the manifest field naming each task's separate copy
+PRECISIONS = {"fp32": ("model.onnx", "separate"), "int8": ("model.int8.onnx", "separate_int8")}
 
 
 def prune_outputs(model_path: Path, outputs: list[str], out_path: Path) -> Path:
@@ -265,20 +273,32 @@ class Harness:
         return out
 
     # -- building each side -----------------------------------------------------------------------
-    def _fused_onnx(self, k: int) -> Path:
+    def _fused_onnx(self, k: int, precision: str = "fp32") -> Path:
+        file = PRECISIONS[precision][0]
         if k == len(self.manifest.tasks):
-            return self.export_dir / "model.onnx"
-        path = self.work_dir / f"fused_{k}.onnx"
+            return self.export_dir / file
+        path = self.work_dir / (f"fused_{k}.onnx" if precision == "fp32" else f"fused_{k}.{precision}.onnx")
         if not path.is_file():
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            prune_outputs(self.export_dir / "model.onnx", self.outputs[:k], path)
+            prune_outputs(self.export_dir / file, self.outputs[:k], path)
         return path
 
-    def _sides(self, backend: str, batch: int, k: int) -> tuple[_Side, _Side]:
+    def _precision_missing(self, precision: str) -> str | None:
+        """Why ``precision`` cannot be measured on this export (None: it can)."""
+        file, field_name = PRECISIONS[precision]
+        if file not in self.manifest.files:
+            return f"{precision} needs {file} in the export: re-export with {precision}=True (--{precision})"
+        missing = [t.name for t in self.measured if getattr(t, field_name) is None]
+        if missing:
+            return (f"{precision} needs the separate {precision} copy of task '{missing[0]}': re-export with "
+                    f"separate=True and {precision}=True (--separate --{precision})")
+        return None
+
+    def _sides(self, backend: str, batch: int, k: int, precision: str = "fp32") -> tuple[_Side, _Side]:
         threads = self.config.threads
         if backend.startswith("ort") or backend == "openvino":
-            fused_path = self._fused_onnx(k)
-            sep_paths = [self.export_dir / t.separate for t in self.measured[:k]]
+            fused_path = self._fused_onnx(k, precision)
+            sep_paths = [self.export_dir / getattr(t, PRECISIONS[precision][1]) for t in self.measured[:k]]
             fused = _Side([make_runner(backend, fused_path, threads=threads)], fused_path.stat().st_size)
             sep = _Side([make_runner(backend, p, threads=threads) for p in sep_paths],
                         sum(p.stat().st_size for p in sep_paths))
@@ -320,29 +340,54 @@ class Harness:
         """
         skipped = self.skipped()
         runnable = [b for b in self.config.backends if b not in {s["backend"] for s in skipped}]
+        precisions = []
+        for p in self.config.precisions:
+            reason = self._precision_missing(p)
+            if reason:
+                skipped.append({"backend": f"{p} (all backends)", "reason": reason})
+            else:
+                precisions.append(p)
         n = len(self.outputs)
-        points = [(b, bs, k) for b in runnable for bs in self.config.batch_sizes for k in range(1, n + 1)]
+
+        def onnx_backend(b: str) -> bool:
+            return b.startswith("ort") or b == "openvino"
+
+        points = [(b, p, bs, k) for b in runnable for p in precisions if p == "fp32" or onnx_backend(b)
+                  for bs in self.config.batch_sizes for k in range(1, n + 1)]
         rows: list[dict] = []
         rng = np.random.default_rng(self.config.seed)
-        for i, (backend, batch, k) in enumerate(points):
-            emit(self.progress, "bench", f"{backend} batch {batch} k={k}", i, len(points),
-                 backend=backend, batch=batch, k=k)
+        for i, (backend, precision, batch, k) in enumerate(points):
+            label = backend if precision == "fp32" else f"{backend} {precision}"
+            emit(self.progress, "bench", f"{label} batch {batch} k={k}", i, len(points),
+                 backend=backend, batch=batch, k=k, precision=precision)
             x = rng.standard_normal((batch, *self.input_shape)).astype(np.float32)
-            rows.append(self._point(backend, batch, k, {"input": x}))
+            row = self._point(backend, batch, k, {"input": x}, precision)
+            if len(self.config.precisions) > 1 or precision != "fp32":
+                row["precision"] = precision
+            rows.append(row)
         emit(self.progress, "bench", "done", len(points), len(points))
         if self._scratch is not None:
             self._scratch.cleanup()
-        for backend in runnable:
+        for (backend, precision, batch, k) in points:
+            if precision != "fp32":  # the row's fused latency against the fused fp32 graph, where both ran
+                this = next(r for r in rows if (r["backend"], r.get("precision", "fp32"), r["batch"], r["k"])
+                            == (backend, precision, batch, k))
+                fp32 = [r for r in rows if (r["backend"], r.get("precision", "fp32"), r["batch"], r["k"])
+                        == (backend, "fp32", batch, k)]
+                this["fused_vs_fp32_fused"] = this["fused"]["median_ms"] / fp32[0]["fused"]["median_ms"] \
+                    if fp32 else None
+        for backend, precision in {(b, p) for b, p, _, _ in points}:
             for batch in self.config.batch_sizes:
-                sel = [r for r in rows if r["backend"] == backend and r["batch"] == batch]
+                sel = [r for r in rows if r["backend"] == backend and r["batch"] == batch
+                       and r.get("precision", "fp32") == precision]
                 fused_add = added_per_task([r["fused"]["median_ms"] for r in sel])
                 sep_add = added_per_task([r["separate"]["median_ms"] for r in sel])
                 for r, fa, sa in zip(sel, fused_add, sep_add):
                     r["added_ms_fused"], r["added_ms_separate"] = fa, sa
         return {"rows": rows, "skipped": skipped}
 
-    def _point(self, backend: str, batch: int, k: int, feed: dict) -> dict:
-        fused, sep = self._sides(backend, batch, k)
+    def _point(self, backend: str, batch: int, k: int, feed: dict, precision: str = "fp32") -> dict:
+        fused, sep = self._sides(backend, batch, k, precision)
         tegra = TegrastatsSampler() if TegrastatsSampler.available() else None
         extra = {}
         try:

@@ -67,6 +67,9 @@ def markdown(results: dict) -> str:
                 f"{r['added_ms_fused']:.2f} | {r['added_ms_separate']:.2f} | "
                 f"{_mb(m['fused_weight_bytes'])} / {_mb(m['separate_weight_bytes'])} | "
                 f"{_mb(m['fused_rss_growth_bytes'])} / {_mb(m['separate_rss_growth_bytes'])} |")
+        vs = [r for r in rows if r.get("fused_vs_fp32_fused") is not None]
+        if vs:
+            lines += ["", "fused / fused fp32: " + ", ".join(f"k={r['k']}: {r['fused_vs_fp32_fused']:.3f}" for r in vs)]
         gpu = [r for r in rows if r["memory"].get("fused_gpu_bytes") is not None]
         if gpu:
             lines.append("")
@@ -80,10 +83,13 @@ def markdown(results: dict) -> str:
 
 
 def group_rows(results: dict) -> dict[tuple[str, int], list[dict]]:
-    """Rows by (backend, batch), in measurement order: one table or panel each."""
+    """Rows by (backend, batch), in measurement order: one table or panel each (an INT8 row's backend reads
+    ``ort-cpu int8``)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in results["rows"]:
-        groups.setdefault((r["backend"], r["batch"]), []).append(r)
+        precision = r.get("precision", "fp32")
+        backend = r["backend"] if precision == "fp32" else f"{r['backend']} {precision}"
+        groups.setdefault((backend, r["batch"]), []).append(r)
     return groups
 
 

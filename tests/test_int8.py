@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(trained):
     root, tasks = trained
-    manifest = export_tasks(tasks, root / "out", batch=(1, 8), int8=True)
+    manifest = export_tasks(tasks, root / "out", batch=(1, 8), int8=True, separate=True)
     return root / "out", manifest
 
 
@@ -165,6 +165,24 @@ def test_cli_predict_precision_int8_and_inspect_show_the_gate(exported, tmp_path
     tasks = json.loads(shown.output)["manifest"]["tasks"]
     assert [t["int8"]["precision"] for t in tasks] == ["int8"] * 3
     assert json.loads(shown.output)["files_check"]["model.int8.onnx"] == "ok"
+
+
+def test_bench_measures_fused_and_separate_per_precision(exported, tmp_path):
+    out, manifest = exported
+    assert [t["separate_int8"] for t in manifest["tasks"]] == [f"separate/{n}.int8.onnx" for n in TASKS]
+    assert all(manifest["int8"]["separate"][n]["agreement"] >= 0.98 for n in TASKS)
+    assert manifest["sizes"]["separate_bytes"] == sum(manifest["files"][f"separate/{n}.onnx"]["bytes"] for n in TASKS)
+    result = CliRunner().invoke(main, ["bench", str(out), "--precision", "fp32,int8", "--batch", "2", "--threads", "2",
+                                       "--seconds", "0.2", "--results", str(tmp_path / "bench")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
+    assert sorted((r["precision"], r["k"]) for r in rows) == [(p, k) for p in ("fp32", "int8") for k in (1, 2, 3)]
+    for r in rows:
+        assert r["fused"]["median_ms"] > 0 and r["separate"]["median_ms"] > 0
+        if r["precision"] == "int8":
+            fp32 = next(x for x in rows if x["precision"] == "fp32" and x["k"] == r["k"])
+            assert r["fused_vs_fp32_fused"] == pytest.approx(r["fused"]["median_ms"] / fp32["fused"]["median_ms"])
+            assert r["memory"]["separate_weight_bytes"] < fp32["memory"]["separate_weight_bytes"] / 2.5
 
 
 def test_bad_int8_options_are_refused_in_one_line(trained, tmp_path):
