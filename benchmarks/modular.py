@@ -233,13 +233,16 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {p['batch']} | {name} | {v['median_ms']:.2f} | {v['p90_ms']:.2f} | "
                              f"{v['median_ms'] / fused:.3f} | {'' if ideal is None else f'{ideal:.3f}'} |")
             r = p["ratios"]
-            lines += ["", f"batch {p['batch']} ({p['rounds']} rounds, load {p['load_before']} -> {p['load_after']}): "
-                      f"modular-all / fused = **{r['modular_all_over_fused']:.3f}**, worst 1-task subset / fused "
-                      f"pruned to it = **{r.get('subset1_over_fused_subset1_worst', float('nan')):.3f}**; on the "
-                      f"fastest round (min): modular-all / fused = {p['ratios_on_min']['modular_all_over_fused']:.3f}, "
-                      "1-task subsets / fused pruned to them = " + ", ".join(
-                          f"{v:.3f}" for k, v in p["ratios_on_min"].items()
-                          if k.startswith("modular[") and "," not in k.split("/")[0]), ""]
+            line = (f"batch {p['batch']} ({p['rounds']} rounds, load {p['load_before']} -> {p['load_after']}): "
+                    f"modular-all / fused = **{r['modular_all_over_fused']:.3f}**, worst 1-task subset / fused "
+                    f"pruned to it = **{r.get('subset1_over_fused_subset1_worst', float('nan')):.3f}**")
+            on_min = p.get("ratios_on_min")
+            if on_min:
+                line += (f"; on the fastest round (min): modular-all / fused = {on_min['modular_all_over_fused']:.3f}, "
+                         "1-task subsets / fused pruned to them = " + ", ".join(
+                             f"{v:.3f}" for k, v in on_min.items()
+                             if k.startswith("modular[") and "," not in k.split("/")[0]))
+            lines += ["", line, ""]
     return "\n".join(lines) + "\n"
 
 
