@@ -23,6 +23,11 @@ def test_demo_quick_runs_end_to_end_and_leaves_a_verified_export(tmp_path):
         assert task["linear_probe"] is not None
     assert summary["tasks"][0]["full_finetune"] is not None
     assert summary["fused_bytes"] < summary["separate_bytes"]
+    assert summary["int8_bytes"] < 0.35 * summary["fused_bytes"]  # model.int8.onnx, gated per task
+    for task in summary["tasks"]:
+        assert task["int8_precision"] in ("int8", "fp32") and 0.5 < task["accuracy_int8"] <= 1.0
+        assert task["accuracy_fp32"] > 0.5 and task["int8_agreement"] > 0.5
+    assert all(r["int8_fused_ms"] > 0 for r in summary["latency"])
     for name in ("profile/profile.png", "bench/report.md", "bench/results.json", "tasks/parity.safetensors"):
         assert (out / name).is_file(), name
     assert summary["files"]["export"] == str(out.absolute() / "export")  # the published folder, not the staging one

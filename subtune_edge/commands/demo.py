@@ -91,22 +91,27 @@ def demo(out_dir: str, device: str, quick: bool, threads: int | None) -> None:
 def render_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console(width=120)
     table = Table(title="subtune-edge demo: 3 tasks on tf_efficientnet_lite0 (digits, offline)")
-    for col in ("task", "units tuned", "SubTuning", "linear probe", "full finetune", "branch FLOPs share"):
+    for col in ("task", "units tuned", "SubTuning", "linear probe", "full finetune", "branch FLOPs share",
+                "held-out fp32", "held-out INT8"):
         table.add_column(col, justify="left" if col in ("task", "units tuned") else "right")
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
     for t in summary["tasks"]:
+        int8 = pct(t.get("accuracy_int8")) + (" (fp32 branch)" if t.get("int8_precision") == "fp32" else "")
         table.add_row(t["name"], ", ".join(t["units"]) or "(linear probe)", pct(t["accuracy"]), pct(t["linear_probe"]),
-                      pct(t["full_finetune"]), pct(t["branch_flops_share"]))
+                      pct(t["full_finetune"]), pct(t["branch_flops_share"]), pct(t.get("accuracy_fp32")), int8)
     console.print(table)
     lat = Table(title="one fused graph vs 3 separate full models (ONNX Runtime, CPU)")
-    for col in ("batch", "fused ms", "separate ms", "measured ratio", "FLOPs-ideal ratio"):
+    for col in ("batch", "fused ms", "separate ms", "measured ratio", "FLOPs-ideal ratio", "INT8 fused ms",
+                "INT8 / fp32 fused"):
         lat.add_column(col, justify="right")
     for r in summary["latency"]:
+        q = r.get("int8_fused_ms")
         lat.add_row(str(r["batch"]), f"{r['fused_ms']:.2f}", f"{r['separate_ms']:.2f}", f"{r['ratio']:.3f}",
-                    f"{r['ideal_ratio_flops']:.3f}")
+                    f"{r['ideal_ratio_flops']:.3f}", "-" if q is None else f"{q:.2f}",
+                    "-" if q is None else f"{q / r['fused_ms']:.3f}")
     console.print(lat)
     fb, sb = summary["fused_bytes"], summary["separate_bytes"]
     console.print(f"weights: fused model.onnx {fb / 1e6:.1f} MB vs separate {sb / 1e6:.1f} MB (ratio {fb / sb:.3f}); "
