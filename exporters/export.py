@@ -92,6 +92,8 @@ class ExportOptions:
     int8_max_drop: float = field(default=0.01, metadata={
         "help": "INT8 gate: largest accuracy drop per task (a fraction: 0.01 = 1 point)"})
     int8_gate_samples: int = field(default=256, metadata={"help": "INT8 gate: held-out images per task, at most"})
+    int8_activations: str = field(default="int8", metadata={
+        "help": "INT8 activations: int8 (symmetric; TensorRT) or uint8 (asymmetric; ONNX Runtime's x86 CPU kernels)"})
     int8_fallback: bool = field(default=False, metadata={
         "help": "keep the branch of a task failing the INT8 gate in fp32 instead of failing the export"})
     ort_format: bool = field(default=False, metadata={
@@ -211,6 +213,9 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     _check_verify_with(tuple(opts.verify_with), opts.verify)
     if opts.int8:
         int8_mod.check_options(int8_mod.options_from(opts))  # before any work
+        if opts.trt and opts.int8_activations != "int8":
+            raise ExportError("TensorRT's explicit quantization needs symmetric int8 activations; pass {param} int8 "
+                              "with trt", param="int8_activations")
     lo, opt, hi = check_batch(tuple(opts.batch))
     exporter = "dynamo" if opts.dynamo else "torchscript"
     opset = opts.opset

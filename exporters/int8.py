@@ -4,8 +4,11 @@ The quantizer is ONNX Runtime's own (``onnxruntime.quantization``): ``quant_pre_
 inference + graph optimisation, as ORT recommends before QDQ), then ``quantize_static`` in QDQ
 format with int8 symmetric activations (per tensor) and int8 symmetric per-channel weights. Why
 this one: QDQ with zero points of 0 is what TensorRT's explicit quantization reads (TensorRT 10
-with the INT8 flag, 11 strongly typed), the same file runs on ORT's CPU int8 kernels (VNNI where
-the CPU has it), and onnxruntime is already a dependency (NVIDIA ModelOpt would add a heavy one).
+with the INT8 flag, 11 strongly typed), the same file runs on ORT's CPU int8 kernels, and
+onnxruntime is already a dependency (NVIDIA ModelOpt would add a heavy one). On x86 CPUs ORT's
+fast kernels are U8S8: ``activations="uint8"`` writes asymmetric uint8 activations (ORT's own
+recommendation there; not for TensorRT), measured in ``benchmarks/results/int8``.
+Shape arithmetic (TF "same" padding computed in float) and the classifier heads stay fp32.
 
 Calibration respects sharing: the trunk's tensors are calibrated on a seeded mix of every task's
 images, each branch's tensors (the nodes that feed only that task's output) on its own task's
@@ -62,6 +65,8 @@ METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entr
 QUANTIZER = ("onnxruntime.quantization.quantize_static (QDQ; int8 symmetric activations per tensor, "
              "int8 symmetric per-channel weights) after quant_pre_process")
 EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True}
+#: activation type -> (ORT QuantType, symmetric); weights are always int8 symmetric per channel
+ACTIVATIONS = {"int8": (QuantType.QInt8, True), "uint8": (QuantType.QUInt8, False)}
 MIN_GATE_IMAGES = 10
 SEED = 0
 CALIBRATION_BATCH = 16
@@ -85,6 +90,9 @@ class Int8Options:
         "help": "keep a failing task's branch in fp32 (its nodes excluded from quantization) instead of failing"})
     gate_samples: int = field(default=256, metadata={"help": "held-out images per task the gate runs at most"})
     threads: int | None = field(default=None, metadata={"help": "ONNX Runtime threads for calibration and gate"})
+    activations: str = field(default="int8", metadata={
+        "help": "int8: symmetric int8 activations (TensorRT's explicit quantization); uint8: asymmetric uint8 "
+                "activations, what ONNX Runtime recommends for x86 CPUs (its U8S8 kernels; not for TensorRT)"})
 
 
 def check_options(opts: Int8Options) -> None:
@@ -96,6 +104,9 @@ def check_options(opts: Int8Options) -> None:
     if opts.method not in METHODS:
         raise ExportError(f"unknown calibration method '{opts.method}'; pass {{param}} minmax, entropy or percentile",
                           param="calibration_method")
+    if opts.activations not in ACTIVATIONS:
+        raise ExportError(f"unknown INT8 activation type '{opts.activations}'; pass {{param}} int8 (TensorRT) or "
+                          "uint8 (ONNX Runtime on x86 CPUs)", param="int8_activations")
     if int(opts.samples) < 8:
         raise ExportError(f"{opts.samples} calibration images are too few; pass {{param}} of at least 8",
                           param="calibration_samples")
@@ -370,11 +381,14 @@ def prepare(src: Path, dst: Path) -> onnx.ModelProto:
     return model
 
 
-def quantize(prepared: Path, dst: Path, cache: Path, method: str, exclude: list[str], outputs: list[str]) -> dict:
+def quantize(prepared: Path, dst: Path, cache: Path, method: str, exclude: list[str], outputs: list[str],
+             activations: str = "int8") -> dict:
     """``quantize_static`` (QDQ, symmetric int8) of ``prepared`` with the ranges in ``cache``; checks ``dst``."""
+    act_type, symmetric = ACTIVATIONS[activations]
     quantize_static(str(prepared), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                    calibrate_method=METHODS[method], extra_options=dict(EXTRA_OPTIONS),
+                    activation_type=act_type, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                    calibrate_method=METHODS[method],
+                    extra_options={**EXTRA_OPTIONS, "ActivationSymmetric": symmetric},
                     calibration_cache_path=str(cache))
     # the quantizer writes one scale / zero point per tensor and the pre-processing folds equal shape
     # constants separately: merge equal initializers so that each value is stored once, as in model.onnx
@@ -485,7 +499,7 @@ def export_int8(src: Path, dst: Path, tasks: list[Task], outs: list[str], images
             emit(progress, STAGE, f"quantizing {dst.name}" + (f" (fp32 branches: {', '.join(fp32_branch)})"
                                                               if fp32_branch else ""), step="int8-quantize")
             exclude = shape_only + [node for name in fp32_branch for node in branches[name]]
-            report = quantize(prepared, dst, cache, opts.method, exclude, outs)
+            report = quantize(prepared, dst, cache, opts.method, exclude, outs, opts.activations)
             emit(progress, STAGE, f"gating {dst.name} on held-out images of every task", step="int8-gate")
             results = gate(fp32_top1, _top1(dst, {n: i.held_out for n, i in mine.items()}, batch, opts.threads),
                            mine, opts)
@@ -513,7 +527,8 @@ def export_int8(src: Path, dst: Path, tasks: list[Task], outs: list[str], images
         records[name] = {"precision": "fp32" if name in fp32_branch else "int8", **results[name],
                          "method": opts.method, "calibration": imgs.calibration_sources,
                          "calibration_samples": int(len(imgs.calibration)), "held_out": imgs.held_out_source}
-    report = {**report, "method": opts.method, "fp32_branches": [names[n] for n in fp32_branch],
+    report = {**report, "method": opts.method, "activations": opts.activations,
+              "fp32_branches": [names[n] for n in fp32_branch],
               "attempts": attempts, "seconds": round(time.perf_counter() - start, 3)}
     return Int8Result(report, records)
 
@@ -524,7 +539,7 @@ def options_from(export_options) -> Int8Options:
     return Int8Options(calibration=tuple(str(c) for c in (o.calibration or ())), samples=int(o.calibration_samples),
                        method=o.calibration_method, min_agreement=float(o.int8_min_agreement),
                        max_drop=float(o.int8_max_drop), fallback=bool(o.int8_fallback),
-                       gate_samples=int(o.int8_gate_samples))
+                       gate_samples=int(o.int8_gate_samples), activations=str(o.int8_activations))
 
 
 @dataclass
@@ -583,6 +598,7 @@ def export_all(staging: Path, tasks: list[Task], outs: list[str], preprocessing:
         reports[rel] = {**one.report, "file": rel}
         sep[name] = one.tasks[name]
     summary = {"file": "model.int8.onnx", "quantizer": QUANTIZER, "method": opts.method,
+               "activations": opts.activations,
                "calibration": sorted({s for i in images.values() for s in i.calibration_sources}),
                "calibration_samples": int(sum(len(i.calibration) for i in images.values())),
                "min_agreement": opts.min_agreement, "max_drop": opts.max_drop, "fallback": opts.fallback,

@@ -226,3 +226,17 @@ def test_cpp_runner_runs_the_int8_file_and_matches_python(binaries, exported, tm
         assert np.abs(got - expected[t["name"]]).max() <= 1e-4 * scale, t["name"]
     plain = run_cpp(binaries["release"], out, tmp_path / "x.npy", "--precision", "int8", "--backend", "tensorrt")
     assert plain.returncode != 0
+
+
+def test_uint8_activations_for_onnx_runtime_on_x86(trained, tmp_path):
+    _, tasks = trained
+    with pytest.raises(ExportError) as err:
+        export_tasks(tasks, tmp_path / "x", int8=True, int8_activations="u4")
+    assert err.value.param == "int8_activations"
+    manifest = export_tasks(tasks[:1], tmp_path / "u8", batch=(1, 8), int8=True, int8_activations="uint8",
+                            verify=False, calibration_samples=64)
+    assert manifest["int8"]["activations"] == "uint8" and manifest["tasks"][0]["int8"]["passed"]
+    model = onnx.load(str(tmp_path / "u8" / "model.int8.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    kinds = {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    assert kinds == {np.dtype(np.uint8)}

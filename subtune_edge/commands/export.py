@@ -61,6 +61,9 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
               help="INT8 gate: least top-1 agreement with fp32 per task, on held-out images.")
 @click.option("--int8-max-drop", "int8_max_drop", default=0.01, show_default=True,
               help="INT8 gate: largest accuracy drop per task (0.01 = 1 point).")
+@click.option("--int8-activations", "int8_activations", type=click.Choice(["int8", "uint8"]), default="int8",
+              show_default=True, help="int8: symmetric (TensorRT's explicit quantization); uint8: asymmetric, "
+                                      "ONNX Runtime's recommendation for x86 CPUs (faster there; not for --trt).")
 @click.option("--int8-fallback", "int8_fallback", is_flag=True,
               help="Keep the branch of a task failing the INT8 gate in fp32 (and check again) instead of failing.")
 @click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
@@ -88,7 +91,8 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
            grouped: bool, images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool,
            ort_format: bool = False, verify_with: str = "", modular: bool = False, int8: bool = False,
            calibration: tuple[str, ...] = (), calibration_samples: int = 256, calibration_method: str = "minmax",
-           int8_min_agreement: float = 0.98, int8_max_drop: float = 0.01, int8_fallback: bool = False) -> None:
+           int8_min_agreement: float = 0.98, int8_max_drop: float = 0.01, int8_fallback: bool = False,
+           int8_activations: str = "int8") -> None:
     """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
@@ -116,7 +120,8 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
                                 grouped=grouped, modular=modular, int8=int8,
                                 calibration=tuple(calibration) or None, calibration_samples=calibration_samples,
                                 calibration_method=calibration_method, int8_min_agreement=int8_min_agreement,
-                                int8_max_drop=int8_max_drop, int8_fallback=int8_fallback)
+                                int8_max_drop=int8_max_drop, int8_fallback=int8_fallback,
+                                int8_activations=int8_activations)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
