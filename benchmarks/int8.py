@@ -152,7 +152,10 @@ def markdown(results: list[dict], env: dict) -> str:
         lines.append("")
     lines += ["INT8 / fp32 fused = median latency of model.int8.onnx / model.onnx, same batch, all 3 tasks. "
               "INT8 fused / INT8 separate = model.int8.onnx vs the 3 separate/<task>.int8.onnx run one after "
-              "the other; FLOPs ideal = the same ratio for FLOPs from the export's sharing plan.", ""]
+              "the other; FLOPs ideal = the same ratio for FLOPs from the export's sharing plan.",
+              "Symmetric int8 activations (the default: what TensorRT's explicit quantization reads) run on ONNX "
+              "Runtime's x86 CPU through its S8S8 path; asymmetric uint8 activations (`--int8-activations uint8`, "
+              "ORT's own x86 recommendation) use its U8S8 VNNI kernels. Compare the two setups of each model.", ""]
     return "\n".join(lines)
 
 
