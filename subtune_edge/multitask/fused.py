@@ -81,20 +81,26 @@ class MultiTaskModel(nn.Module):
         frozen_features = None
         outputs = []
         for branch in self.branches:
-            if branch.start == self.num_units or branch.siamese:
-                if frozen_features is None:
-                    frozen_features = self.pool(self.neck(taps[self.num_units]))
-            if branch.start == self.num_units:
-                features = frozen_features
-            else:
-                z = taps[branch.start]
-                for unit in branch.units:
-                    z = unit(z)
-                features = self.pool(self.neck(z))
-                if branch.siamese:
-                    features = torch.cat([features, frozen_features], dim=1)
-            outputs.append(branch.head(features))
+            logits, frozen_features = self.run_branch(branch, taps, frozen_features)
+            outputs.append(logits)
         return tuple(outputs)
+
+    def run_branch(self, branch: nn.Module, taps: dict[int, torch.Tensor],
+                   frozen_features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One plain branch's logits from the trunk's taps, and the frozen features (computed once, when needed)."""
+        if branch.start == self.num_units or branch.siamese:
+            if frozen_features is None:
+                frozen_features = self.pool(self.neck(taps[self.num_units]))
+        if branch.start == self.num_units:
+            features = frozen_features
+        else:
+            z = taps[branch.start]
+            for unit in branch.units:
+                z = unit(z)
+            features = self.pool(self.neck(z))
+            if branch.siamese:
+                features = torch.cat([features, frozen_features], dim=1)
+        return branch.head(features), frozen_features
 
 
 def weights_for_tasks(tasks: list[Task], weights: str | None = None) -> str:
