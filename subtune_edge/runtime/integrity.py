@@ -11,7 +11,7 @@ import onnx
 
 from ..errors import ExportError
 from ..io import sha256_file
-from .modular_layout import BRANCH_DIR, check_modular_graph
+from .modular_layout import BRANCH_DIR, check_modular_graph, graph_dims, read_graph
 from .records import InputSpec, TaskOutput
 from .schema import MANIFEST, safe_relpath
 
@@ -136,13 +136,6 @@ def raise_for_status(root: str | os.PathLike, status: Mapping[str, str]) -> None
 
 
 # -- the graphs -------------------------------------------------------------------------------------
-def _dims(value_info) -> list[int | str | None]:
-    dims = []
-    for d in value_info.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None)
-    return dims
-
-
 def check_graph(root: str | os.PathLike, manifest: GraphContract, rel: str) -> None:
     """Check that ``rel`` (an ONNX file of the export) has the input and outputs the manifest states.
 
@@ -154,19 +147,13 @@ def check_graph(root: str | os.PathLike, manifest: GraphContract, rel: str) -> N
     if layout is not None and (rel == layout.trunk.file or rel.startswith(BRANCH_DIR + "/")):
         check_modular_graph(path, rel, layout, manifest.input.name, {t.output: t.num_classes for t in manifest.tasks})
         return
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError; any failure means an unusable file
-        raise ExportError(f"{path} is not a readable ONNX file ({type(exc).__name__}); re-export") from None
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
+    graph, inputs = read_graph(path)
     where = f"{path}"
     spec = manifest.input
     if [i.name for i in inputs] != [spec.name]:
         raise ExportError(f"{where} has input(s) {[i.name for i in inputs]} but the manifest says '{spec.name}'; "
                           "re-export")
-    dims = _dims(inputs[0])
+    dims = graph_dims(inputs[0])
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise ExportError(f"{where}: input '{spec.name}' is not float32 as the manifest says; re-export")
     fixed = [None if isinstance(d, str) else d for d in spec.shape]
@@ -185,7 +172,7 @@ def check_graph(root: str | os.PathLike, manifest: GraphContract, rel: str) -> N
         if t.output not in outputs:
             raise ExportError(f"{where} has no output '{t.output}' (task '{t.name}' in the manifest); its outputs "
                               f"are {', '.join(outputs) or 'none'}; re-export")
-        classes = _dims(outputs[t.output])[-1:]
+        classes = graph_dims(outputs[t.output])[-1:]
         if classes and isinstance(classes[0], int) and classes[0] > 0 and classes[0] != t.num_classes:
             raise ExportError(f"{where}: output '{t.output}' has {classes[0]} classes but the manifest says "
                               f"{t.num_classes}; re-export")

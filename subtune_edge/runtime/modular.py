@@ -37,6 +37,7 @@ import onnxruntime as ort
 from ..errors import ExportError
 from .base import Runner, require
 from .modular_layout import ModularLayout, TapRecord
+from .onnxruntime import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +112,6 @@ class ModularRunner(Runner):
         return f"{self.layout.trunk.file}[{','.join(names)}]"
 
     # -- sessions -----------------------------------------------------------------------------------
-    def _options(self) -> ort.SessionOptions:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-        if not self.spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return so
-
     def _providers(self) -> list:
         if self.device == "cpu":
             return ["CPUExecutionProvider"]
@@ -140,7 +130,7 @@ class ModularRunner(Runner):
             source: str | bytes = cut.SerializeToString()
         else:
             source = str(self.root / key)
-        sess = ort.InferenceSession(source, self._options(), providers=self._providers())
+        sess = ort_session(source, self._providers(), self.threads, self.spinning)
         self._sessions[key] = sess
         return sess
 

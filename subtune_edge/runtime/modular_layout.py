@@ -209,11 +209,27 @@ class ModularLayout:
 
 
 # -- the graphs -------------------------------------------------------------------------------------
-def _dims(value_info) -> list[int | str | None]:
+def graph_dims(value_info) -> list[int | str | None]:
+    """A graph input's / output's dims: an int, a symbolic name, or None when unknown."""
     out = []
     for d in value_info.type.tensor_type.shape.dim:
         out.append(d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None)
     return out
+
+
+def read_graph(path: Path) -> tuple[onnx.GraphProto, list]:
+    """The graph of the ONNX file ``path`` (weights not loaded) and its inputs that are not initializers.
+
+    Raises:
+        ExportError: the file is not a readable ONNX file.
+    """
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError; any failure means an unusable file
+        raise ExportError(f"{path} is not a readable ONNX file ({type(exc).__name__}); re-export") from None
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    return graph, [i for i in graph.input if i.name not in inits]
 
 
 def _same_shape(dims: list, shape: tuple) -> bool:
@@ -237,13 +253,8 @@ def check_modular_graph(path: Path, rel: str, layout: ModularLayout, input_name:
     Raises:
         ExportError: the graph's inputs or outputs disagree with the manifest.
     """
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError; any failure means an unusable file
-        raise ExportError(f"{path} is not a readable ONNX file ({type(exc).__name__}); re-export") from None
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    inputs = {i.name: i for i in graph.input if i.name not in inits}
+    graph, graph_inputs = read_graph(path)
+    inputs = {i.name: i for i in graph_inputs}
     outputs = {o.name: o for o in graph.output}
     if rel == layout.trunk.file:
         want_in, want_out = [input_name], [t.name for t in layout.taps]
@@ -259,11 +270,11 @@ def check_modular_graph(path: Path, rel: str, layout: ModularLayout, input_name:
                           f"{want_in} -> {want_out}; re-export")
     for name, shape in shapes.items():
         value = outputs.get(name) if rel == layout.trunk.file else inputs.get(name)
-        if not _same_shape(_dims(value), shape):
-            raise ExportError(f"{path}: '{name}' has shape {_dims(value)} but the manifest says {list(shape)}; "
+        if not _same_shape(graph_dims(value), shape):
+            raise ExportError(f"{path}: '{name}' has shape {graph_dims(value)} but the manifest says {list(shape)}; "
                               "re-export")
     if rel != layout.trunk.file:
-        classes = _dims(outputs[want_out[0]])[-1:]
+        classes = graph_dims(outputs[want_out[0]])[-1:]
         expected = num_classes.get(want_out[0])
         if classes and isinstance(classes[0], int) and classes[0] > 0 and expected and classes[0] != expected:
             raise ExportError(f"{path}: output '{want_out[0]}' has {classes[0]} classes but the manifest says "

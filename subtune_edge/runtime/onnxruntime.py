@@ -19,6 +19,28 @@ def default_trt_cache() -> Path:
     return root / "subtune-edge" / "ort-trt-cache"
 
 
+def ort_session(source: str | bytes, providers: list, threads: int | None = None,
+                spinning: bool = False) -> ort.InferenceSession:
+    """An ONNX Runtime session of ``source`` (a path, or a serialized model) with every graph optimization.
+
+    Args:
+        source: the ``.onnx`` file's path, or the model's bytes.
+        providers: the execution providers in the order ONNX Runtime should try them.
+        threads: intra-op threads (inter-op: 1); ``None`` lets ONNX Runtime choose.
+        spinning: keep ONNX Runtime's idle spinning; off, several sessions in one process do not
+            steal each other's cores while idle.
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(source, so, providers=providers)
+
+
 class OrtRunner(Runner):
     """ONNX Runtime on CPU, CUDA (IOBinding) or its TensorRT execution provider.
 
@@ -59,15 +81,7 @@ class OrtRunner(Runner):
 
     def _activate(self) -> None:
         require(self.name)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-        if not self.spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers())
+        self.session = ort_session(str(self.path), self.providers(), self.threads, self.spinning)
         self._io = self.session.io_binding() if self.device != "cpu" else None
 
     def _deactivate(self) -> None:
