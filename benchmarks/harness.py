@@ -17,190 +17,25 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx.utils
 
 from subtune_edge.cost import ideal_ratio, plan_from_json, size_of
-from subtune_edge.errors import ExportError, SubtuneError
+from subtune_edge.errors import ExportError
 from subtune_edge.multitask import MultiTaskModel, SharingPlan, TaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import Manifest, Runner, TaskOutput, make_runner, missing_reason, read_manifest
+from subtune_edge.runtime import Manifest, TaskOutput, make_runner, missing_reason, read_manifest
 
-from .memory import TegrastatsSampler, nvml_used_bytes, rss_bytes
+from .measure import _activate, _Side, measure_pair, prune_outputs
+from .memory import TegrastatsSampler
 from .memprobe import probe
+from .settings import PRECISIONS, VARIANTS, BenchConfig, Budget
 from .stats import added_per_task, summarize
 
+__all__ = ["PRECISIONS", "VARIANTS", "BenchConfig", "Budget", "Harness", "measure_pair", "prune_outputs"]
+
 log = logging.getLogger(__name__)
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-@dataclass
-class Budget:
-    """When one measurement point stops: after at least ``min_runs`` rounds *and* ``seconds``, or at
-    ``max_runs`` rounds, whichever comes first.
-
-    A time budget alone would give a slow backend a handful of samples and a fast one thousands;
-    the round bounds keep tail percentiles meaningful on both.
-    """
-
-    warmup: int = field(default=3, metadata={"help": "untimed rounds first (arenas, autotuning, caches)"})
-    min_runs: int = field(default=10, metadata={"help": "timed rounds at least, whatever the time budget"})
-    max_runs: int = field(default=200, metadata={"help": "timed rounds at most"})
-    seconds: float = field(default=10.0, metadata={"help": "time to keep measuring once min_runs are done"})
-
-    def check(self) -> Budget:
-        """Refuse a budget that cannot produce a measurement.
-
-        Returns:
-            The budget itself.
-
-        Raises:
-            SubtuneError: a negative warm-up or time, fewer than one timed round, or max below min.
-        """
-        if not (isinstance(self.warmup, int) and self.warmup >= 0):
-            raise SubtuneError(f"budget warmup must be an integer >= 0, got {self.warmup!r}", param="budget")
-        if not (_positive_int(self.min_runs) and _positive_int(self.max_runs) and self.min_runs <= self.max_runs):
-            raise SubtuneError(f"budget needs integers 1 <= min_runs <= max_runs, got {self.min_runs!r} and "
-                               f"{self.max_runs!r}", param="budget")
-        if not (isinstance(self.seconds, (int, float)) and self.seconds >= 0):
-            raise SubtuneError(f"budget seconds must be a number >= 0, got {self.seconds!r}", param="seconds")
-        return self
-
-
-@dataclass
-class BenchConfig:
-    """What to measure: which backends and batch sizes, on how many of the export's tasks.
-
-    Recorded as ``settings`` in results.json, so a result says how it was taken.
-    """
-
-    backends: list[str] = field(default_factory=lambda: ["ort-cpu"], metadata={
-        "help": "torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, openvino; one missing "
-                "here is skipped with the reason"})
-    batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "positive batch sizes"})
-    threads: int | None = field(default=None, metadata={"help": "intra-op threads per session; None: runtime's"})
-    budget: Budget = field(default_factory=Budget, metadata={"help": "when each measurement point stops"})
-    max_tasks: int | None = field(default=None, metadata={"help": "measure k = 1..N for the first N tasks only"})
-    seed: int = field(default=0, metadata={"help": "seed of the random input batch"})
-    precisions: list[str] = field(default_factory=lambda: ["fp32"], metadata={
-        "help": "ONNX files to measure, each fused vs separate: fp32 (model.onnx, separate/<task>.onnx), int8 "
-                "(model.int8.onnx, separate/<task>.int8.onnx); ONNX backends only"})
-
-    def check(self) -> BenchConfig:
-        """Refuse settings no measurement can be taken with, naming the field.
-
-        Returns:
-            The config itself.
-
-        Raises:
-            SubtuneError: no backend, a batch size that is not a positive integer, ``threads`` or
-                ``max_tasks`` below 1, or a bad :class:`Budget`.
-        """
-        if not self.backends or not all(isinstance(b, str) and b for b in self.backends):
-            raise SubtuneError(f"{{param}} must name at least one backend, got {self.backends!r}", param="backends")
-        if not self.batch_sizes or not all(_positive_int(b) for b in self.batch_sizes):
-            raise SubtuneError(f"{{param}} must be positive integers, got {self.batch_sizes!r}", param="batch_sizes")
-        for name in ("threads", "max_tasks"):
-            value = getattr(self, name)
-            if value is not None and not _positive_int(value):
-                raise SubtuneError(f"{{param}} must be a positive integer, got {value!r}", param=name)
-        if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
-            raise SubtuneError(f"{{param}} must be among {', '.join(PRECISIONS)}, got {self.precisions!r}",
-                               param="precisions")
-        self.budget.check()
-        return self
-
-    def to_json(self) -> dict:
-        """The config as JSON types (results.json's ``settings``)."""
-        return asdict(self)
-
-
-VARIANTS = ("compile", "graphs")
-#: per precision: the fused file, and the manifest field naming each task's separate copy
-PRECISIONS = {"fp32": ("model.onnx", "separate"), "int8": ("model.int8.onnx", "separate_int8")}
-
-
-def prune_outputs(model_path: Path, outputs: list[str], out_path: Path) -> Path:
-    """Write the sub-graph of ``model_path`` that computes only ``outputs``.
-
-    Dead trunk units and the other tasks' branches drop out, so a k-task subset is measured at
-    exactly the depth and width a k-task export would have.
-
-    Args:
-        model_path: the fused ``model.onnx``.
-        outputs: the output names to keep (task names).
-        out_path: where to write the pruned graph.
-
-    Returns:
-        ``out_path``.
-    """
-    onnx.utils.extract_model(str(model_path), str(out_path), ["input"], outputs, check_model=True)
-    return out_path
-
-
-def _time_round(runners: list[Runner]) -> float:
-    return sum(r.run_staged() for r in runners)
-
-
-def measure_pair(fused: list[Runner], separate: list[Runner], budget: Budget) -> tuple[list[float], list[float]]:
-    """Alternate one fused round and one separate round until the budget is spent.
-
-    Alternating, rather than measuring one side after the other, makes drift (clock boosts,
-    thermal throttling, other load) hit both sides alike, so their ratio stays honest.
-
-    Args:
-        fused: the runners of the fused side (staged already); a round runs each once.
-        separate: the runners of the separate side (staged already).
-        budget: warm-up and stopping rule.
-
-    Returns:
-        ``(fused_ms, separate_ms)``: one latency per round and side, in milliseconds.
-    """
-    for _ in range(budget.warmup):
-        _time_round(fused)
-        _time_round(separate)
-    a, b = [], []
-    start = time.perf_counter()
-    while len(a) < budget.max_runs:
-        a.append(_time_round(fused))
-        b.append(_time_round(separate))
-        if len(a) >= budget.min_runs and time.perf_counter() - start >= budget.seconds:
-            break
-    return a, b
-
-
-@dataclass
-class _Side:
-    """One side of a comparison: its runners, and the memory they took when activated."""
-
-    runners: list[Runner]
-    weight_bytes: int
-    rss_growth: int | None = None  # measured in a fresh process where possible (memprobe)
-    rss_source: str = "in-process"
-    gpu_bytes: int | None = None
-
-
-def _activate(side: _Side, feed: dict[str, np.ndarray]) -> None:
-    before_rss, before_gpu = rss_bytes(), nvml_used_bytes()
-    for r in side.runners:
-        r.stage(feed)
-        r.run_staged()  # arenas and lazy allocations happen on the first run
-    if side.rss_growth is None:
-        side.rss_growth = max(0, rss_bytes() - before_rss)
-    after_gpu = nvml_used_bytes()
-    if before_gpu is not None and after_gpu is not None:
-        side.gpu_bytes = after_gpu - before_gpu
-    reported = [r.memory() for r in side.runners]
-    if any(reported):
-        side.gpu_bytes = side.gpu_bytes or sum(m.get("gpu_max_allocated", 0) + m.get("trt_activation_bytes", 0)
-                                               for m in reported) or None
 
 
 class Harness:

@@ -1,0 +1,98 @@
+"""What a benchmark run measures: the :class:`BenchConfig` (backends, batch sizes, precisions) and
+the :class:`Budget` that says when one measurement point stops."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from subtune_edge.errors import SubtuneError
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass
+class Budget:
+    """When one measurement point stops: after at least ``min_runs`` rounds *and* ``seconds``, or at
+    ``max_runs`` rounds, whichever comes first.
+
+    A time budget alone would give a slow backend a handful of samples and a fast one thousands;
+    the round bounds keep tail percentiles meaningful on both.
+    """
+
+    warmup: int = field(default=3, metadata={"help": "untimed rounds first (arenas, autotuning, caches)"})
+    min_runs: int = field(default=10, metadata={"help": "timed rounds at least, whatever the time budget"})
+    max_runs: int = field(default=200, metadata={"help": "timed rounds at most"})
+    seconds: float = field(default=10.0, metadata={"help": "time to keep measuring once min_runs are done"})
+
+    def check(self) -> Budget:
+        """Refuse a budget that cannot produce a measurement.
+
+        Returns:
+            The budget itself.
+
+        Raises:
+            SubtuneError: a negative warm-up or time, fewer than one timed round, or max below min.
+        """
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise SubtuneError(f"budget warmup must be an integer >= 0, got {self.warmup!r}", param="budget")
+        if not (_positive_int(self.min_runs) and _positive_int(self.max_runs) and self.min_runs <= self.max_runs):
+            raise SubtuneError(f"budget needs integers 1 <= min_runs <= max_runs, got {self.min_runs!r} and "
+                               f"{self.max_runs!r}", param="budget")
+        if not (isinstance(self.seconds, (int, float)) and self.seconds >= 0):
+            raise SubtuneError(f"budget seconds must be a number >= 0, got {self.seconds!r}", param="seconds")
+        return self
+
+
+@dataclass
+class BenchConfig:
+    """What to measure: which backends and batch sizes, on how many of the export's tasks.
+
+    Recorded as ``settings`` in results.json, so a result says how it was taken.
+    """
+
+    backends: list[str] = field(default_factory=lambda: ["ort-cpu"], metadata={
+        "help": "torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, openvino; one missing "
+                "here is skipped with the reason"})
+    batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "positive batch sizes"})
+    threads: int | None = field(default=None, metadata={"help": "intra-op threads per session; None: runtime's"})
+    budget: Budget = field(default_factory=Budget, metadata={"help": "when each measurement point stops"})
+    max_tasks: int | None = field(default=None, metadata={"help": "measure k = 1..N for the first N tasks only"})
+    seed: int = field(default=0, metadata={"help": "seed of the random input batch"})
+    precisions: list[str] = field(default_factory=lambda: ["fp32"], metadata={
+        "help": "ONNX files to measure, each fused vs separate: fp32 (model.onnx, separate/<task>.onnx), int8 "
+                "(model.int8.onnx, separate/<task>.int8.onnx); ONNX backends only"})
+
+    def check(self) -> BenchConfig:
+        """Refuse settings no measurement can be taken with, naming the field.
+
+        Returns:
+            The config itself.
+
+        Raises:
+            SubtuneError: no backend, a batch size that is not a positive integer, ``threads`` or
+                ``max_tasks`` below 1, or a bad :class:`Budget`.
+        """
+        if not self.backends or not all(isinstance(b, str) and b for b in self.backends):
+            raise SubtuneError(f"{{param}} must name at least one backend, got {self.backends!r}", param="backends")
+        if not self.batch_sizes or not all(_positive_int(b) for b in self.batch_sizes):
+            raise SubtuneError(f"{{param}} must be positive integers, got {self.batch_sizes!r}", param="batch_sizes")
+        for name in ("threads", "max_tasks"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise SubtuneError(f"{{param}} must be a positive integer, got {value!r}", param=name)
+        if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
+            raise SubtuneError(f"{{param}} must be among {', '.join(PRECISIONS)}, got {self.precisions!r}",
+                               param="precisions")
+        self.budget.check()
+        return self
+
+    def to_json(self) -> dict:
+        """The config as JSON types (results.json's ``settings``)."""
+        return asdict(self)
+
+
+VARIANTS = ("compile", "graphs")
+#: per precision: the fused file, and the manifest field naming each task's separate copy
+PRECISIONS = {"fp32": ("model.onnx", "separate"), "int8": ("model.int8.onnx", "separate_int8")}
