@@ -175,17 +175,29 @@ def markdown(result: dict) -> str:
         "disappear); no two initializers hold the same bytes.",
         "",
     ]
+    return with_note(lines, result)
+
+
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """A measurement script's parser (described by its docstring's first paragraph) with the model arguments
+    the scripts share: ``--model``, ``--size``, ``--units``, ``--tasks``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--units", default="layer4")
+    parser.add_argument("--tasks", type=int, default=3)
+    return parser
+
+
+def with_note(lines: list[str], result: dict) -> str:
+    """Markdown ``lines`` joined, with the result's note (a remark recorded with it) as a last paragraph."""
     if result.get("note"):
         lines += [f"Note: {result['note']}", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--units", default="layer4")
-    parser.add_argument("--tasks", type=int, default=3)
+    parser = model_parser(__doc__)
     parser.add_argument("--bn-init", choices=["trained", "timm"], default="trained",
                         help="BatchNorm statistics: trained-like (default) or timm's random init (zero last scales)")
     parser.add_argument("--repeat", type=int, default=3, help="times the fused export is timed (min and median)")

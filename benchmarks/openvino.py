@@ -20,7 +20,6 @@ ONNX Runtime with ``intra_op_num_threads`` = ``--threads`` and spinning off (as 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -34,7 +33,7 @@ from subtune_edge.io import atomic_write_json, atomic_write_text
 from subtune_edge.runtime import OpenVinoRunner, OrtRunner, read_manifest
 from subtune_edge.synthetic import synthetic_task
 
-from .export_time import load, machine, trained_like_weights
+from .export_time import load, machine, model_parser, trained_like_weights, with_note
 from .harness import BenchConfig, Budget, measure_pair
 from .report import write_files
 from .run import run_bench
@@ -94,17 +93,11 @@ def markdown(h2h: dict) -> str:
     ov = h2h["rows"][0]["openvino_settings"]
     lines += ["", "OpenVINO " + ov["openvino"] + ": " + ", ".join(f"{k} {v}" for k, v in ov["reported"].items()) +
               ". ONNX Runtime: CPU provider, ORT_ENABLE_ALL, intra-op threads as above, spinning off.", ""]
-    if h2h.get("note"):
-        lines += [f"Note: {h2h['note']}", ""]
-    return "\n".join(lines)
+    return with_note(lines, h2h)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet50")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--units", default="layer4")
-    parser.add_argument("--tasks", type=int, default=3)
+    parser = model_parser(__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--seconds", type=float, default=6.0, help="time budget per measurement point")
