@@ -172,3 +172,34 @@ class Runner(ABC):
 
     @abstractmethod
     def _fetch(self) -> dict[str, np.ndarray]: ...
+
+
+class ListedRunner(Runner):
+    """A runner that lists its input and output names when it activates, and drops its handles when it deactivates.
+
+    A subclass's ``_activate`` fills ``_inputs`` and ``_outputs`` (the model's names, in order) and
+    sets the attributes named in ``_handles`` (session, engine, request); ``_deactivate`` sets those
+    back to None, in that order.
+    """
+
+    #: the attributes holding what activation created, released in this order
+    _handles: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+
+    def _deactivate(self) -> None:
+        for attr in self._handles:
+            setattr(self, attr, None)
+
+    @property
+    def input_names(self) -> list[str]:
+        self.activate()
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        self.activate()
+        return list(self._outputs)

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .base import Runner, require
+from .base import ListedRunner, require
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(ListedRunner):
     """One ``.onnx`` file compiled by OpenVINO and run with one infer request.
 
     Args:
@@ -46,6 +46,7 @@ class OpenVinoRunner(Runner):
     """
 
     name = "openvino"
+    _handles = ("_request", "compiled")
 
     def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None, hint: str = "LATENCY",
                  precision: str | None = "f32", config: dict | None = None):
@@ -56,8 +57,6 @@ class OpenVinoRunner(Runner):
         self.precision, self.extra = precision, dict(config or {})
         self.compiled = None
         self._request = None
-        self._inputs: list[str] = []
-        self._outputs: list[str] = []
 
     def config(self) -> dict[str, str]:
         """The properties given to ``compile_model`` (all as strings, as OpenVINO documents them)."""
@@ -98,20 +97,6 @@ class OpenVinoRunner(Runner):
         graph = onnx.load(str(self.path), load_external_data=False).graph
         self._inputs = [_onnx_name(p, [i.name for i in graph.input]) for p in self.compiled.inputs]
         self._outputs = [_onnx_name(p, [o.name for o in graph.output]) for p in self.compiled.outputs]
-
-    def _deactivate(self) -> None:
-        self._request = None
-        self.compiled = None
-
-    @property
-    def input_names(self) -> list[str]:
-        self.activate()
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        self.activate()
-        return list(self._outputs)
 
     def _stage(self, feed):
         # the request reads the caller's arrays in place (shared memory), as an app would hand them over

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from ..errors import RuntimeMissingError
-from .base import Runner, require
+from .base import ListedRunner, require
 
 
-class TrtRunner(Runner):
+class TrtRunner(ListedRunner):
     """A serialized TensorRT engine (``model.plan``), run with ``execute_async_v3``.
 
     Written against the TensorRT 10/11 tensor API (``num_io_tensors``, ``set_input_shape``,
@@ -22,6 +22,7 @@ class TrtRunner(Runner):
     """
 
     name = "trt"
+    _handles = ("context", "engine")
 
     def __init__(self, plan: str | Path):
         super().__init__()
@@ -43,22 +44,8 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs_ = [n for n in names if n not in self._inputs]
+        self._outputs = [n for n in names if n not in self._inputs]
         self._stream = torch.cuda.Stream()
-
-    def _deactivate(self) -> None:
-        self.context = None
-        self.engine = None
-
-    @property
-    def input_names(self) -> list[str]:
-        self.activate()
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        self.activate()
-        return list(self._outputs_)
 
     def _torch_dtype(self, name: str):
         trt = self._trt
@@ -72,7 +59,7 @@ class TrtRunner(Runner):
             self.context.set_input_shape(n, tuple(t.shape))
             self.context.set_tensor_address(n, t.data_ptr())
             buffers[n] = t
-        for n in self._outputs_:
+        for n in self._outputs:
             shape = tuple(self.context.get_tensor_shape(n))
             t = torch.empty(shape, dtype=self._torch_dtype(n), device="cuda")
             self.context.set_tensor_address(n, t.data_ptr())
@@ -89,7 +76,7 @@ class TrtRunner(Runner):
         return float(start.elapsed_time(end))
 
     def _fetch(self):
-        return {n: self._staged[n].float().cpu().numpy() for n in self._outputs_}
+        return {n: self._staged[n].float().cpu().numpy() for n in self._outputs}
 
     def memory(self) -> dict:
         if self.engine is None:
