@@ -37,6 +37,7 @@ from subtune_edge.train import TrainConfig, train
 
 from .export_time import load, machine, trained_like_weights
 from .harness import BenchConfig, Budget, Harness
+from .tables import section, table_head
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TASKS = {"digit": ("digits:digit", ["blocks.6.0", "conv_head"]), "parity": ("digits:parity", ["conv_head"]),
@@ -127,11 +128,10 @@ def markdown(results: list[dict], env: dict) -> str:
         acts = r.get("activations", "int8")
         kind = "symmetric int8 activations (TensorRT's)" if acts == "int8" else \
             "asymmetric uint8 activations (ONNX Runtime's x86 recommendation)"
-        lines += [f"## {r['model']} {r['input'][2]}x{r['input'][3]}, {kind}", "",
-                  f"load (1/5/15 min) before {r['load']['before']}, after {r['load']['after']}", "",
-                  "| batch | fp32 fused ms | INT8 fused ms | **INT8 / fp32 fused** | INT8 separate ms | "
-                  "INT8 fused / INT8 separate | fp32 fused / fp32 separate | FLOPs ideal |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += section(f"{r['model']} {r['input'][2]}x{r['input'][3]}, {kind}",
+                         f"load (1/5/15 min) before {r['load']['before']}, after {r['load']['after']}",
+                         ["batch", "fp32 fused ms", "INT8 fused ms", "**INT8 / fp32 fused**", "INT8 separate ms",
+                          "INT8 fused / INT8 separate", "fp32 fused / fp32 separate", "FLOPs ideal"], "l" * 8)
         for s in r["summary"]:
             lines.append(f"| {s['batch']} | {s['fp32_fused_ms']:.2f} | {s['int8_fused_ms']:.2f} | "
                          f"**{s['int8_fused_vs_fp32_fused']:.3f}** | {s['int8_separate_ms']:.2f} | "
@@ -141,8 +141,8 @@ def markdown(results: list[dict], env: dict) -> str:
         lines += ["", f"files: model.onnx {mb(z['fp32_fused'])} MB, model.int8.onnx {mb(z['int8_fused'])} MB "
                       f"({z['int8_fused'] / z['fp32_fused']:.3f}); separate fp32 {mb(z['fp32_separate'])} MB, "
                       f"separate INT8 {mb(z['int8_separate'])} MB", "",
-                  "| task | branch | agreement INT8 vs fp32 | accuracy fp32 | accuracy INT8 | held-out | calibration |",
-                  "|---|---|---|---|---|---|---|"]
+                  *table_head(["task", "branch", "agreement INT8 vs fp32", "accuracy fp32", "accuracy INT8",
+                               "held-out", "calibration"], "l" * 7)]
         for t in r["tasks"]:
             acc = ("-" if t.get("accuracy_fp32") is None else f"{100 * t['accuracy_fp32']:.1f}%",
                    "-" if t.get("accuracy_int8") is None else f"{100 * t['accuracy_int8']:.1f}%")

@@ -46,6 +46,7 @@ from .harness import Budget, measure_pair
 from .memprobe import probe
 from .stats import summarize
 from .suites import SUITES_DIR, tomllib
+from .tables import section
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,11 +219,11 @@ def report(results: dict) -> str:
              "batch 1 only.",
              "", f"Budget per point: {results['budget']}; plain and grouped alternate round by round.", ""]
     for m in results["models"]:
-        lines += [f"## {m['model']} at {m['input_size'][0]}x{m['input_size'][1]}, each task tuning {m['units']}", "",
-                  f"Load average while timing: {m.get('load_during')}.", "",
-                  "| batch | k | plain ms | grouped ms | grouped / plain | FLOPs-ideal ms | k separate ms | "
-                  "added ms/task plain / grouped | weights MB plain / grouped | RSS MB plain / grouped |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += section(f"{m['model']} at {m['input_size'][0]}x{m['input_size'][1]}, each task tuning {m['units']}",
+                         f"Load average while timing: {m.get('load_during')}.",
+                         ["batch", "k", "plain ms", "grouped ms", "grouped / plain", "FLOPs-ideal ms", "k separate ms",
+                          "added ms/task plain / grouped", "weights MB plain / grouped", "RSS MB plain / grouped"],
+                         "ll" + "r" * 8)
         for r in m["rows"]:
             g = r.get("grouped")
             lines.append(

@@ -9,20 +9,17 @@ as an earlier export holding nothing else: a user's folder is refused before any
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-
-from timm.layers import set_layer_config
 
 from subtune_edge.backbone import Backbone
 from subtune_edge.cost import build_fused
 from subtune_edge.docs import documented
 from subtune_edge.errors import ExportError
 from subtune_edge.io import staged_dir
-from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, backbone_for_tasks, weights_for_tasks
+from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, weights_for_tasks
 from subtune_edge.multitask.grouped import GroupedMultiTaskModel
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import is_export_dir, require
@@ -37,12 +34,10 @@ from .modular import export_modular
 from .onnx_export import export_onnx
 from .ort_format import convert_to_ort
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
+from .task_input import input_size_for, load_backbone, preprocessing_for, task_size
 from .verification import STAGE, VERIFY_WITH, step, verify_files, verify_openvino, verify_ort_format, verify_plan
 
-log = logging.getLogger(__name__)
-
 TORCHSCRIPT_OPSETS = (13, 20)
-PREPROCESSING_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 @documented
@@ -104,68 +99,6 @@ class ExportOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(ExportOptions))
-
-
-
-# -- what the tasks agree on ----------------------------------------------------------------------
-def _task_size(task: Task, model_size: tuple[int, int]) -> tuple[int, int]:
-    size = task.preprocessing.get("input_size")
-    return tuple(int(v) for v in size[-2:]) if size else model_size
-
-
-def _input_size(tasks: list[Task], backbone: Backbone, input_size: tuple[int, int] | None,
-                allow_resize: bool) -> tuple[int, int]:
-    model_size = tuple(int(v) for v in backbone.data_config["input_size"][1:])
-    sizes: dict[tuple[int, int], str] = {}
-    for t in tasks:
-        sizes.setdefault(_task_size(t, model_size), t.name)
-    if input_size is None:
-        if len(sizes) > 1:
-            (a, ta), (b, tb) = list(sizes.items())[:2]
-            raise ExportError(f"task '{tb}' was prepared at {b[0]}x{b[1]} but '{ta}' at {a[0]}x{a[1]}; "
-                              "pass {param} H,W (and allow resizing)", param="input_size")
-        input_size = next(iter(sizes))
-    h, w = (int(v) for v in input_size)
-    if min(h, w) < 8:
-        raise ExportError(f"input size {h}x{w} is too small; pass {{param}} H,W of at least 8", param="input_size")
-    if backbone.family == "vit" and (h, w) != model_size:
-        raise ExportError(f"'{backbone.name}' was built for {model_size[0]}x{model_size[1]} inputs (its patch grid "
-                          f"is fixed); export at that size, not {h}x{w}")
-    others = {size: name for size, name in sizes.items() if size != (h, w)}
-    if others and not allow_resize:
-        (a, ta), = list(others.items())[:1]
-        raise ExportError(f"task '{ta}' was prepared at {a[0]}x{a[1]}, not {h}x{w}; its accuracy at another size is "
-                          "unknown: export at its size, or pass {param} to resize anyway", param="allow_resize")
-    if others:
-        log.warning("exporting at %dx%d tasks prepared at other sizes: %s", h, w,
-                    ", ".join(f"{n} ({s[0]}x{s[1]})" for s, n in others.items()))
-    return h, w
-
-
-def _preprocessing(tasks: list[Task], backbone: Backbone, size: tuple[int, int]) -> dict:
-    base = {**backbone.data_config, **tasks[0].preprocessing}
-    for t in tasks[1:]:
-        mine = {**backbone.data_config, **t.preprocessing}
-        diff = [k for k in PREPROCESSING_KEYS if _norm(mine.get(k)) != _norm(base.get(k))]
-        if diff:
-            raise ExportError(f"task '{t.name}' uses other preprocessing than '{tasks[0].name}' ({diff[0]}: "
-                              f"{mine.get(diff[0])} != {base.get(diff[0])}); one input needs one preprocessing")
-    out = {k: _norm(base.get(k)) for k in PREPROCESSING_KEYS}
-    return {"input_size": [3, int(size[0]), int(size[1])], **out}
-
-
-def _norm(value):
-    if isinstance(value, (tuple, list)):
-        return [round(float(v), 6) for v in value]
-    if isinstance(value, float):
-        return round(value, 6)
-    return value
-
-
-def _load_backbone(tasks: list[Task], weights: str) -> Backbone:
-    """The tasks' backbone, created as timm's onnx_export.py creates models (``exportable=True``)."""
-    with set_layer_config(scriptable=False, exportable=True, no_jit=True):
-        return backbone_for_tasks(tasks, weights)
 
 
 # -- the export -----------------------------------------------------------------------------------
@@ -234,9 +167,9 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     dest = Path(os.path.abspath(out))
     with staged_dir(dest, owns=is_export_dir, what="an export", param="out") as staging:
         with step("load", timings, progress, "loading the backbone and checking the tasks"):
-            backbone = _load_backbone(tasks, weights)
-            size = _input_size(tasks, backbone, opts.input_size, opts.allow_resize)
-            preprocessing = _preprocessing(tasks, backbone, size)
+            backbone = load_backbone(tasks, weights)
+            size = input_size_for(tasks, backbone, opts.input_size, opts.allow_resize)
+            preprocessing = preprocessing_for(tasks, backbone, size)
         with step("plan", timings, progress, "building the fused module and its sharing plan"):
             fused = build_fused(backbone, tasks, size, stacked=opts.stacked, grouped=opts.grouped)
         onnx_reports = {}
@@ -344,7 +277,7 @@ def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batc
                "val_accuracy": t.training.get("val_accuracy")}
         if separate:
             rec["separate"] = f"separate/{name}.onnx"
-        own = _task_size(t, model_size)
+        own = task_size(t, model_size)
         if own != tuple(size):
             rec["resized_from"] = list(own)
         task_records.append(rec)
