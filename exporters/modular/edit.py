@@ -7,12 +7,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from timm.layers import set_layer_config
-
-from subtune_edge.backbone import Backbone
 from subtune_edge.errors import ExportError, TaskFileError
 from subtune_edge.io import staged_dir
-from subtune_edge.multitask import BranchPlan, SharingPlan, backbone_for_tasks, trunk_end, weights_for_tasks
+from subtune_edge.multitask import BranchPlan, SharingPlan, trunk_end, weights_for_tasks
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import OrtRunner, is_export_dir, read_manifest
 from subtune_edge.runtime.modular import ModularRunner
@@ -23,6 +20,7 @@ from .. import manifest as manifest_mod
 from ..inputs import verification_batches
 from ..onnx_export import file_bytes
 from ..shapes import INPUT_NAME, output_names
+from ..task_input import load_backbone
 from ..verification import check_runner, raise_failures, reference_outputs
 from ..verify import FP32
 from .build import MODULAR_FILE, STAGE, verify_modular
@@ -78,12 +76,6 @@ def _plan_json(manifest, unit_names: list[str], tasks: list[dict]) -> dict:
         branches.append(BranchPlan(t["name"], start, unit_names[start] if start < n else None,
                                    list(t["tuned_units"]), bool(t["siamese"])))
     return SharingPlan(manifest.backbone["model_name"], list(unit_names), trunk_end(n, branches), branches).to_json()
-
-
-def _load_backbone(tasks: list[Task], weights: str) -> Backbone:
-    """The tasks' backbone, created as the fused export creates it (``exportable=True``)."""
-    with set_layer_config(scriptable=False, exportable=True, no_jit=True):
-        return backbone_for_tasks(tasks, weights)
 
 
 def _task_record(task: Task, output: str, dim) -> dict:
@@ -170,7 +162,7 @@ def add_tasks(export: str | os.PathLike, tasks: list[Task], *, weights: str | No
     weights = weights_for_tasks(tasks, weights)
     with staged_dir(dest, owns=is_export_dir, what="an export", param="export") as staging:
         emit(progress, STAGE, "loading the backbone and checking the tasks", step="load")
-        backbone = _load_backbone(tasks, weights)
+        backbone = load_backbone(tasks, weights)
         if manifest.backbone.get("fingerprint") and backbone.fingerprint != manifest.backbone["fingerprint"]:
             raise TaskFileError(f"weights '{weights}' are not the export's frozen weights (fingerprint "
                                 f"{backbone.fingerprint[:8]}… != {manifest.backbone['fingerprint'][:8]}…); pass "
