@@ -1,25 +1,34 @@
-"""Validation accuracy of linear probe, SubTuning and full finetuning at 100 / 300 / all training
-samples, and training step time of SubTuning vs full finetuning with and without the prefix cache.
+"""SubTuning's claims measured: linear probe, fixed SubTuning rules, greedy SubTuning, Siamese SubTuning
+and full finetuning at 100 / 300 / all training samples on three offline data sets, mean ± std over
+seeds, with what each method cost to train.
 
-The setting is the one 2 CPU cores can run in about 15 minutes: the ImageNet-pretrained
-``tf_efficientnet_lite0`` (``--weights offline``, no network) on scikit-learn's real 8x8 digits
-(10 classes, upscaled to 64 px), 5 epochs (more for small sets, so that every run takes at least 60
-optimisation steps), 3 seeds. Every run goes through the library
-(:mod:`subtune_edge.search` over a :class:`~subtune_edge.search.LocalExecutor`, run logs in
-``--work``, so an interrupted benchmark resumes).
+Data (all offline, see ``--data`` in the README): ``digits:digit`` (scikit-learn's 1,797 real 8x8
+digits), ``digits-c:digit`` (the same digits corrupted as in CIFAR-10-C: Gaussian noise, blur,
+contrast, JPEG, seeded; the paper's corrupted-data setting) and ``skimage-textures:N`` (crops of the
+photographs bundled with scikit-image: a natural-photo domain). Backbone: the ImageNet-pretrained
+``tf_efficientnet_lite0`` (``--weights offline``). Each data set keeps one held-out validation split
+for every sample size: the only split any reported number comes from.
 
-Methods (the held-out validation split, 359 images, is the same for every sample size):
+Methods:
 
-linear probe        S = {}
-SubTuning(last 1)   S = {conv_head}
-SubTuning(last 3)   S = {blocks.5.3, blocks.6.0, conv_head}
-greedy SubTuning    forward greedy (epsilon 0.01) over the last 4 units, at most 2, each candidate
-                    scored by 3-fold cross-validation *inside the training samples*; the chosen set is
-                    then trained on all of them and reported on the validation split (so the
-                    selection never sees the numbers it is reported with)
-full finetuning     every unit (the stem stays frozen)
+linear probe          S = {}
+SubTuning (last 1)    S = {conv_head}
+SubTuning (last 3)    S = {blocks.5.3, blocks.6.0, conv_head}
+greedy SubTuning      the paper's Algorithm 1, forward, epsilon 0.01, no unit cap, over the last
+                      ``--candidates`` units; every candidate scored by repeated k-fold *inside the
+                      training samples* (folds x search seeds, see ``--cv``), ties within one standard
+                      error go to the cheaper set; the chosen set is then trained on all training
+                      samples with each seed and reported on the validation split
+greedy (both)         forward and backward, the better kept (``--both-at`` sample sizes only)
+Siamese SubTuning     the last 3 units, head on [tuned, frozen] features (``--siamese-at`` sizes)
+full finetuning       every unit; learning rate swept (``--ft-lrs``) on the first seed and the best one
+                      *on the validation split* run with every seed: an oracle choice that favours
+                      full finetuning, so a claim that SubTuning beats it is conservative
 
-    python -m benchmarks.train_accuracy            # writes benchmarks/results/train_accuracy.{md,json}
+Runs go through the library (:mod:`subtune_edge.search`: run logs in ``--work``, so an interrupted
+benchmark resumes where it stopped; a process executor with ``--workers`` one-thread workers).
+
+    python -m benchmarks.train_accuracy         # writes benchmarks/results/train_accuracy.{md,json,png}
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import replace
@@ -35,10 +45,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from tqdm import tqdm
 
 from subtune_edge.backbone import BackboneSpec
 from subtune_edge.data import DataSpec
-from subtune_edge.search import Evaluator, GreedyConfig, LocalExecutor, RunLog, SearchSetup, greedy_select
+from subtune_edge.search import Evaluator, GreedyConfig, RunLog, SearchSetup, greedy_select, make_executor
+from subtune_edge.search.greedy import SetCost
 from subtune_edge.train import TrainConfig, device_name, get_backbone, get_data
 
 from .cuda_train_step import prepare, summary
@@ -47,6 +59,8 @@ from .environment import describe
 ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 
 ALL = 0  # "all training samples" in --samples
+METHODS = ["linear probe", "SubTuning (last 1)", "SubTuning (last 3)", "greedy SubTuning", "greedy (both)",
+           "Siamese SubTuning (last 3)", "full finetuning"]
 
 
 def _pct(mean: float, std: float | None = None) -> str:
@@ -57,58 +71,121 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def accuracy_table(args, spec: BackboneSpec, work: Path, log, counts: dict) -> dict:
-    backbone = get_backbone(spec)
-    names = backbone.unit_names
-    fixed = {"linear probe": (), "SubTuning (last 1)": tuple(names[-1:]),
-             "SubTuning (last 3)": tuple(names[-3:]), "full finetuning": tuple(names)}
-    seeds = tuple(range(args.seeds))
-    rows = {}
-    for n in args.samples:
-        t0 = time.perf_counter()
-        data = DataSpec("digits:digit", (args.size, args.size), train_samples=n or None)
-        n_train = len(get_data(data, backbone.data_config).train)
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def _cv_plan(args, n: int) -> tuple[int, tuple[int, ...]]:
+    """(folds, search seeds) of greedy's repeated k-fold at ``n`` samples: more repeats where runs are cheap."""
+    for rule in args.cv.split(","):
+        size, _, fs = rule.partition("=")
+        folds, _, seeds = fs.partition("x")
+        if int(size) == n:
+            return int(folds), tuple(100 + i for i in range(int(seeds)))
+    raise SystemExit(f"--cv has no rule for {n or 'all'} samples (e.g. {n}=3x1)")
+
+
+class Cell:
+    """One (data set, sample size): its setup, its run logs and the rows it adds to the report."""
+
+    def __init__(self, args, spec: BackboneSpec, source: str, n: int, work: Path, executor, counts: dict):
+        self.args, self.spec, self.source, self.n, self.executor, self.counts = args, spec, source, n, executor, counts
+        backbone = get_backbone(spec)
+        self.names = backbone.unit_names
+        self.data = DataSpec(source, (args.size, args.size), train_samples=n or None)
+        self.n_train = len(get_data(self.data, backbone.data_config).train)
+        self.n_val = len(get_data(self.data, backbone.data_config).val)
         # at least --min-steps optimisation steps per run: small sets get more epochs
-        epochs = max(args.epochs, math.ceil(args.min_steps / math.ceil(n_train / args.batch)))
-        config = TrainConfig(epochs=epochs, batch_size=args.batch, device="cpu", augment=False,
-                             cache_whole_set=1e9)
-        setup = SearchSetup(spec, data, config, seeds=seeds)
-        ev = Evaluator(setup, LocalExecutor("cpu"), RunLog(work / f"fixed_n{n}.json", setup.context()))
-        scores = dict(zip(fixed, ev.score_many(list(fixed.values()))))
-        counts["trained"] += ev.new_runs
-        counts["from_log"] += ev.reused_runs
-        row = {name: {"mean": s.mean, "std": s.std, "runs": s.runs, "seconds": s.seconds,
-                      "per_seed": None} for name, s in scores.items()}
-        for name, units in fixed.items():
-            keys = [sp.key for sp in setup.specs(tuple(ev.order(units)))]
-            row[name]["per_seed"] = [ev.log.get(k)["accuracy"] for k in keys]
-        # greedy, selected per seed by k-fold CV inside the training samples
-        greedy_runs = []
-        for seed in seeds:
-            cv = SearchSetup(spec, data, replace(config, seed=seed), seeds=(seed,), folds=args.folds)
-            cv_log = RunLog(work / f"greedy_n{n}_s{seed}.json", cv.context())
-            g = greedy_select(cv, GreedyConfig("forward", args.epsilon, args.max_units,
-                                               candidates=tuple(names[-args.candidates:])),
-                              executor=LocalExecutor("cpu"), log=cv_log)
-            # retrain the chosen set on all training samples with this seed (from the log if a fixed set)
-            final_ev = Evaluator(replace(setup, seeds=(seed,)), LocalExecutor("cpu"), ev.log)
-            final = final_ev.score(tuple(g.units))
-            counts["trained"] += g.new_runs + final_ev.new_runs
-            counts["from_log"] += g.reused_runs + final_ev.reused_runs
-            greedy_runs.append({"seed": seed, "units": g.units, "cv_accuracy": g.accuracy,
-                                "val_accuracy": final.mean, "search_runs": g.new_runs + g.reused_runs,
-                                "rounds": len(g.searches["forward"]["rounds"])})
-        m, s = _mean_std([r["val_accuracy"] for r in greedy_runs])
-        row["greedy SubTuning"] = {"mean": m, "std": s, "runs": len(greedy_runs), "per_seed":
-                                   [r["val_accuracy"] for r in greedy_runs], "selections": greedy_runs}
-        row["train_samples"] = n or "all"
-        row["epochs"] = epochs
-        row["train_samples_count"] = ev.log.get(setup.specs(())[0].key)["train_samples"]
-        row["seconds"] = time.perf_counter() - t0
-        rows[str(n or "all")] = row
-        log(f"n={n or 'all'}: " + ", ".join(f"{k} {_pct(v['mean'], v['std'])}" for k, v in row.items()
-                                             if isinstance(v, dict)) + f" ({row['seconds']:.0f} s)")
-    return rows
+        self.epochs = max(args.epochs, math.ceil(args.min_steps / math.ceil(self.n_train / args.batch)))
+        self.config = TrainConfig(epochs=self.epochs, batch_size=args.batch, device="cpu", augment=False,
+                                  cache_whole_set=1e9)
+        self.seeds = tuple(range(args.seeds))
+        self.setup = SearchSetup(spec, self.data, self.config, seeds=self.seeds)
+        self.prefix = work / f"{_slug(source)}_n{n}"
+        self.val = self.evaluator(self.setup, "val")
+        self.cost = SetCost(backbone, (args.size, args.size))
+
+    def evaluator(self, setup: SearchSetup, name: str) -> Evaluator:
+        return Evaluator(setup, self.executor, RunLog(f"{self.prefix}_{name}.json", setup.context()))
+
+    def _count(self, ev) -> None:
+        self.counts["trained"] += ev.new_runs
+        self.counts["from_log"] += ev.reused_runs
+
+    def _row(self, ev: Evaluator, units, extra: dict | None = None) -> dict:
+        score = ev.score(tuple(units))
+        self._count(ev)
+        per_seed = [ev.log.get(sp.key)["accuracy"] for sp in ev.setup.specs(tuple(ev.order(units)))]
+        return {"mean": score.mean, "std": score.std, "per_seed": per_seed, "runs": score.runs,
+                "units": list(ev.order(units)), "train_seconds": score.seconds / score.runs,
+                "branch_mflops": self.cost.flops(units) / 1e6, "params_m": self.cost.params(units) / 1e6,
+                **(extra or {})}
+
+    def fixed(self) -> dict:
+        sets = {"linear probe": (), "SubTuning (last 1)": tuple(self.names[-1:]),
+                "SubTuning (last 3)": tuple(self.names[-3:])}
+        self.val.score_many(list(sets.values()))  # together: the executor runs them side by side
+        return {name: self._row(self.val, units) for name, units in sets.items()}
+
+    def siamese(self) -> dict:
+        ev = self.evaluator(replace(self.setup, siamese=True), "siamese")
+        return {"Siamese SubTuning (last 3)": self._row(ev, tuple(self.names[-3:]))}
+
+    def full_finetune(self) -> dict:
+        sweep = {}
+        evs = {lr: self.evaluator(replace(self.setup, config=replace(self.config, lr=lr), seeds=self.seeds[:1]),
+                                  f"ft_lr{lr:g}") for lr in self.args.ft_lrs}
+        for lr, ev in evs.items():
+            sweep[f"{lr:g}"] = ev.score(tuple(self.names)).mean
+            self._count(ev)
+        best = max(sweep, key=sweep.get)
+        ev = self.evaluator(replace(self.setup, config=replace(self.config, lr=float(best))), f"ft_lr{best}")
+        return {"full finetuning": self._row(ev, self.names, {"lr": float(best), "lr_sweep_seed0": sweep})}
+
+    def greedy(self, direction: str) -> dict:
+        folds, search_seeds = _cv_plan(self.args, self.n)
+        cv = SearchSetup(self.spec, self.data, self.config, seeds=search_seeds, folds=folds)
+        log = RunLog(f"{self.prefix}_greedy.json", cv.context())
+        g = greedy_select(cv, GreedyConfig(direction, self.args.epsilon,
+                                           candidates=tuple(self.names[-self.args.candidates:])),
+                          executor=self.executor, log=log)
+        self.counts["trained"] += g.new_runs
+        self.counts["from_log"] += g.reused_runs
+        name = "greedy SubTuning" if direction == "forward" else "greedy (both)"
+        search = {"direction": g.direction, "cv_accuracy": g.accuracy, "cv_std": g.std, "folds": folds,
+                  "search_seeds": len(search_seeds), "search_runs": g.runs, "search_run_seconds": g.run_seconds,
+                  "rounds": {d: len(s["rounds"]) for d, s in g.searches.items()},
+                  "ties_to_cheaper": sum(r["best"] != r["top"] for s in g.searches.values() for r in s["rounds"]
+                                         if r["accepted"])}
+        row = self._row(self.val, g.units, search)
+        # what the method cost: the whole search plus the final training (one seed's)
+        row["train_seconds"] = g.run_seconds + row["train_seconds"]
+        return {name: row}
+
+
+def accuracy_table(args, spec: BackboneSpec, work: Path, log, counts: dict) -> dict:
+    cells = [(source, n) for source in args.data for n in args.samples]
+    report: dict = {}
+    with make_executor(args.workers, "cpu", kind="process" if args.workers > 1 else "local") as executor:
+        bar = tqdm(cells, desc="train_accuracy", unit="cell", disable=args.quiet)
+        for source, n in bar:
+            t0 = time.perf_counter()
+            bar.set_postfix_str(f"{source} n={n or 'all'}")
+            cell = Cell(args, spec, source, n, work, executor, counts)
+            row = {}
+            row.update(cell.fixed())
+            row.update(cell.greedy("forward"))
+            if n in args.both_at:
+                row.update(cell.greedy("both"))
+            if n in args.siamese_at:
+                row.update(cell.siamese())
+            row.update(cell.full_finetune())
+            row.update(data=source, train_samples=n or "all", train_samples_count=cell.n_train,
+                       val_samples=cell.n_val, epochs=cell.epochs, seconds=time.perf_counter() - t0)
+            report.setdefault(source, {})[str(n or "all")] = row
+            log(f"{source} n={n or 'all'}: " + ", ".join(f"{k} {_pct(v['mean'], v['std'])}" for k, v in row.items()
+                                                         if isinstance(v, dict)) + f" ({row['seconds']:.0f} s)")
+    return report
 
 
 def step_times(args, spec: BackboneSpec, log) -> dict:
@@ -145,131 +222,241 @@ def step_times(args, spec: BackboneSpec, log) -> dict:
     return out
 
 
+DATA_LABELS = {"digits": "digits (real 8x8 handwritten digits)", "digits-c": "corrupted digits (CIFAR-10-C recipe)",
+               "skimage-textures": "photo crops (scikit-image photographs)"}
+
+
+def _label(source: str) -> str:
+    return DATA_LABELS.get(source.split(":")[0], source) + f" `{source}`"
+
+
+def _best_subtuning(row: dict) -> float:
+    return row["greedy SubTuning"]["mean"]
+
+
+def claims(report: dict) -> list[dict]:
+    """The paper's claims, each with the numbers that decide it here (differences in accuracy points)."""
+    acc = report["accuracy"]
+    out = []
+
+    def diff(row, a, b):
+        return 100 * (row[a]["mean"] - row[b]["mean"])
+
+    smallest = {src: rows[min(rows, key=lambda k: rows[k]["train_samples_count"])] for src, rows in acc.items()}
+    largest = {src: rows[max(rows, key=lambda k: rows[k]["train_samples_count"])] for src, rows in acc.items()}
+    scarce = {src: diff(r, "greedy SubTuning", "full finetuning") for src, r in smallest.items()}
+    out.append({"claim": "SubTuning beats full finetuning when data is scarce (fewest samples)",
+                "figures": {src: round(v, 1) for src, v in scarce.items()},
+                "holds": all(v > 0 for v in scarce.values())})
+    close = {src: diff(r, "greedy SubTuning", "full finetuning") for src, r in largest.items()}
+    out.append({"claim": "SubTuning is close to full finetuning with all the data (within 1 point)",
+                "figures": {src: round(v, 1) for src, v in close.items()},
+                "holds": all(v > -1.0 for v in close.values())})
+    corrupted = {f"{src} n={k}": diff(r, "greedy SubTuning", "full finetuning")
+                 for src, rows in acc.items() if src.startswith("digits-c") for k, r in rows.items()}
+    if corrupted:
+        out.append({"claim": "SubTuning beats full finetuning on corrupted data",
+                    "figures": {k: round(v, 1) for k, v in corrupted.items()},
+                    "holds": all(v > 0 for v in corrupted.values())})
+    fixed = {f"{src} n={k}": 100 * (r["greedy SubTuning"]["mean"]
+                                    - max(r["SubTuning (last 1)"]["mean"], r["SubTuning (last 3)"]["mean"]))
+             for src, rows in acc.items() for k, r in rows.items()}
+    out.append({"claim": "greedy selection is at least as good as any fixed rule (last 1, last 3)",
+                "figures": {k: round(v, 1) for k, v in fixed.items()},
+                "holds": all(v >= 0 for v in fixed.values())})
+    both = {f"{src} n={k}": 100 * (r["greedy (both)"]["mean"] - r["greedy SubTuning"]["mean"])
+            for src, rows in acc.items() for k, r in rows.items() if "greedy (both)" in r}
+    if both:
+        out.append({"claim": "greedy 'both' (forward and backward) beats forward alone",
+                    "figures": {k: round(v, 1) for k, v in both.items()},
+                    "holds": all(v > 0 for v in both.values())})
+    return out
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Accuracy vs training samples per method, one panel per data set (mean ± std over seeds)."""
+    import matplotlib  # plotting only
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # as above
+
+    acc = report["accuracy"]
+    fig, axes = plt.subplots(1, len(acc), figsize=(5 * len(acc), 4), squeeze=False)
+    for ax, (src, rows) in zip(axes[0], acc.items()):
+        ordered = sorted(rows.values(), key=lambda r: r["train_samples_count"])
+        for method in METHODS:
+            pts = [(r["train_samples_count"], r[method]) for r in ordered if method in r]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [100 * m["mean"] for _, m in pts]
+            es = [100 * m["std"] for _, m in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
+                        linestyle="--" if method == "full finetuning" else "-")
+        ax.set_xscale("log")
+        ax.set_title(src)
+        ax.set_xlabel("training samples")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{report['settings']['model']} ({report['settings']['weights']} ImageNet weights), "
+                 f"{report['settings']['input_size']} px, mean ± std over {len(report['settings']['seeds'])} seeds")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
-    methods = ["linear probe", "SubTuning (last 1)", "SubTuning (last 3)", "greedy SubTuning", "full finetuning"]
+    m = report["machine"]
     lines = [
-        "# SubTuning accuracy and training step time on 2 CPU cores",
+        "# SubTuning's claims on three offline data sets, 2 CPU cores",
         "",
-        f"Machine: {report['machine']['cpu']} ({report['machine']['cpu_count']} cores), no GPU; "
-        f"torch {report['machine']['versions']['torch']}, timm {report['machine']['versions']['timm']}. "
-        f"Created {report['machine']['created']}; this invocation: wall time {report['seconds'] / 60:.1f} min, "
-        f"{report['runs']['trained']} training runs made, {report['runs']['from_log']} taken from the run logs of "
-        f"an earlier invocation; all {report['runs']['trained'] + report['runs']['from_log']} training runs' own "
-        f"times add up to {report['training_run_seconds'] / 60:.1f} min; 1-minute load average "
-        f"{report['load_average']['start'][0]:.1f} at the start, {report['load_average']['end'][0]:.1f} at the end "
-        "(other jobs shared the 2 cores)." + (f" {report['note']}" if report.get("note") else ""),
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores), no GPU; torch {m['versions']['torch']}, "
+        f"timm {m['versions']['timm']}; {s['workers']} one-thread worker process(es). Created {m['created']}; this "
+        f"invocation: wall time {report['seconds'] / 60:.1f} min, {report['runs']['trained']} training runs made, "
+        f"{report['runs']['from_log']} taken from run logs; 1-minute load average "
+        f"{report['load_average']['start'][0]:.1f} at the start, {report['load_average']['end'][0]:.1f} at the end."
+        + (f" {report['note']}" if report.get("note") else ""),
         "",
-        f"Settings: `{s['model']}` with ImageNet weights (`--weights offline`), `digits:digit` (scikit-learn's "
-        f"1,797 real 8x8 handwritten digits, 10 classes, upscaled to {s['input_size']} px, no augmentation), "
-        f"validation on the same held-out {s['val_samples']} images for every sample size; AdamW, cosine schedule "
-        f"with {int(100 * s['warmup'])}% warm-up, lr 1e-3 (1e-2 linear probe), weight decay 1e-2, batch {s['batch']}, "
-        f"{s['epochs']} epochs or more (at least {s['min_steps']} steps per run: see the epochs column), "
-        f"seeds {s['seeds']}; accuracy = after the last epoch, mean ± std over seeds.",
-        f"Greedy: forward, epsilon {s['epsilon']}, candidates = the last {s['candidates']} units, at most "
-        f"{s['max_units']} units, each candidate scored by {s['folds']}-fold cross-validation inside the training "
-        "samples; the chosen set is retrained on all of them and reported on the validation split.",
+        f"Settings: `{s['model']}` with ImageNet weights (`--weights {s['weights']}`), images at {s['input_size']} px, "
+        f"no augmentation; AdamW, cosine schedule with warm-up, lr 1e-3 for SubTuning (1e-2 linear probe), "
+        f"full finetuning lr swept over {s['ft_lrs']} (best on the validation split with the first seed: an oracle "
+        f"that favours it), batch {s['batch']}, {s['epochs']} epochs or more (at least {s['min_steps']} steps per "
+        f"run), seeds {s['seeds']}; accuracy after the last epoch on each data set's held-out validation split, "
+        "mean ± std over seeds.",
+        f"Greedy: forward, epsilon {s['epsilon']}, no unit cap, candidates = the last {s['candidates']} units, "
+        f"scored by repeated k-fold inside the training samples ({s['cv']}: samples=folds x search seeds), ties "
+        "within one standard error to the set with fewer branch FLOPs; the chosen set trained on all training "
+        "samples with each seed and reported on the validation split, which the search never saw.",
         "",
-        "## Validation accuracy (%)",
-        "",
-        "| training samples | epochs | " + " | ".join(methods) + " |",
-        "|---|---:|" + "---:|" * len(methods),
-    ]
-    for row in report["accuracy"].values():
-        label = f"{row['train_samples']} ({row['train_samples_count']})" if row["train_samples"] == "all" \
-            else str(row["train_samples"])
-        lines.append(f"| {label} | {row['epochs']} | "
-                     + " | ".join(_pct(row[m]["mean"], row[m]["std"]) for m in methods) + " |")
-    lines += ["", "Units greedy chose (per seed; CV accuracy inside the training samples → validation accuracy):", ""]
-    for row in report["accuracy"].values():
-        picks = "; ".join(f"seed {g['seed']}: {','.join(g['units']) or '(none)'} "
-                          f"({_pct(g['cv_accuracy'])} → {_pct(g['val_accuracy'])}, {g['search_runs']} runs)"
-                          for g in row["greedy SubTuning"]["selections"])
-        lines.append(f"- {row['train_samples']} samples: {picks}")
-    st = report["step_time"]
-    lines += [
-        "",
-        f"## Training step time (batch {s['batch']}, {s['input_size']} px, fp32, {s['time_steps']} steps each, "
-        "variants taking turns)",
-        "",
-        "| variant | trainable params (M) | ms / step (min) | ms / step (median) | vs full finetuning (min) | "
-        "(median) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in st.items():
-        lines.append(f"| {name} | {r['trainable_params'] / 1e6:.2f} | {r['step_ms_min']:.1f} | "
-                     f"{r['step_ms_median']:.1f} | {100 * r['vs_full']:.0f}% | {100 * r['vs_full_median']:.0f}% |")
-    lines += [
-        "",
-        "The prefix cache computes the frozen prefix once per branch point for all 1,797 images and serves "
-        "every split, sample size, fold and seed from it; a cached step runs only the branch. "
-        "The CPU was shared with other work while this ran: timings are noisy, the minimum is the better "
-        "estimate of a step's cost (accuracies are not noisy in that way: the runs are seeded).",
+        "![accuracy vs training samples](train_accuracy.png)",
         "",
     ]
+    for src, rows in report["accuracy"].items():
+        methods = [mm for mm in METHODS if any(mm in r for r in rows.values())]
+        lines += [f"## {_label(src)}", "",
+                  "Validation accuracy (%), mean ± std over seeds; below it the training time per seed (s).", "",
+                  "| training samples (val) | epochs | " + " | ".join(methods) + " |",
+                  "|---|---:|" + "---:|" * len(methods)]
+        for r in rows.values():
+            cells = [_pct(r[mm]["mean"], r[mm]["std"]) if mm in r else "" for mm in methods]
+            lines.append(f"| {r['train_samples']} ({r['train_samples_count']} / {r['val_samples']}) | {r['epochs']} | "
+                         + " | ".join(cells) + " |")
+        lines += ["", "| training samples | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+        for r in rows.values():
+            cells = [f"{r[mm]['train_seconds']:.1f}" if mm in r else "" for mm in methods]
+            lines.append(f"| {r['train_samples']} | " + " | ".join(cells) + " |")
+        lines += ["", "Greedy's choice (CV score inside the training samples → validation accuracy), its search cost:",
+                  ""]
+        for r in rows.values():
+            for name in ("greedy SubTuning", "greedy (both)"):
+                if name in r:
+                    g = r[name]
+                    lines.append(
+                        f"- {r['train_samples']} samples, {name}: {','.join(g['units']) or '(none: linear probe)'} "
+                        f"({g['direction']} kept; CV {_pct(g['cv_accuracy'], g['cv_std'])} → "
+                        f"{_pct(g['mean'], g['std'])}); {g['search_runs']} runs "
+                        f"({g['folds']} folds x {g['search_seeds']} seeds per set), "
+                        f"{g['search_run_seconds']:.0f} s of training, rounds {g['rounds']}, "
+                        f"{g['ties_to_cheaper']} round(s) where the cheaper tie won; branch {g['branch_mflops']:.1f} "
+                        f"MFLOPs, {g['params_m']:.2f} M tuned params")
+            ft = r["full finetuning"]
+            lines.append(f"- {r['train_samples']} samples, full finetuning lr sweep (seed 0): "
+                         + ", ".join(f"{lr}: {_pct(a)}" for lr, a in ft["lr_sweep_seed0"].items())
+                         + f" → lr {ft['lr']:g}")
+        lines.append("")
+    lines += ["## The paper's claims, here", "",
+              "| claim | figures (accuracy points) | holds here |", "|---|---|---|"]
+    for c in report["claims"]:
+        figs = ", ".join(f"{k}: {v:+.1f}" for k, v in c["figures"].items())
+        lines.append(f"| {c['claim']} | {figs} | {'yes' if c['holds'] else 'no'} |")
+    if report.get("step_time"):
+        st = report["step_time"]
+        lines += ["", f"## Training step time (batch {s['batch']}, {s['input_size']} px, fp32, variants taking turns)",
+                  "", "| variant | trainable params (M) | ms / step (min) | ms / step (median) | vs full (min) |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, r in st.items():
+            lines.append(f"| {name} | {r['trainable_params'] / 1e6:.2f} | {r['step_ms_min']:.1f} | "
+                         f"{r['step_ms_median']:.1f} | {100 * r['vs_full']:.0f}% |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tf_efficientnet_lite0")
     p.add_argument("--weights", default="offline")
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--data", default="digits:digit,digits-c:digit,skimage-textures:100",
+                   help="data sets, comma-separated")
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--samples", default="100,300,0", help="training sample sizes; 0 = all")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--min-steps", type=int, default=60, help="more epochs for small sets, up to this many steps")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--min-steps", type=int, default=48, help="more epochs for small sets, up to this many steps")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--candidates", type=int, default=4, help="greedy chooses among the last N units")
-    p.add_argument("--max-units", type=int, default=2)
+    p.add_argument("--cv", default="100=3x2,300=3x1,0=2x1",
+                   help="greedy's repeated k-fold per sample size: SAMPLES=FOLDSxSEEDS,...")
+    p.add_argument("--candidates", type=int, default=6, help="greedy chooses among the last N units")
     p.add_argument("--epsilon", type=float, default=0.01)
-    p.add_argument("--time-steps", type=int, default=20)
+    p.add_argument("--both-at", default="100", help="sample sizes where greedy also runs 'both'")
+    p.add_argument("--siamese-at", default="100", help="sample sizes with Siamese SubTuning")
+    p.add_argument("--ft-lrs", default="3e-4,1e-3,3e-3", help="full finetuning's learning-rate sweep")
+    p.add_argument("--workers", type=int, default=2, help="one-thread worker processes (1: this process)")
+    p.add_argument("--time-steps", type=int, default=0, help="also time N training steps per variant (0: skip)")
     p.add_argument("--note", default=None, help="a sentence to print with the results (e.g. about the machine)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/subtune-edge-train-bench", help="run logs (resumable)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_accuracy"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.samples = [int(v) for v in args.samples.split(",")]
-    torch.set_num_threads(args.threads)
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    args.data = [d.strip() for d in args.data.split(",") if d.strip()]
+    args.samples = _sizes(args.samples)
+    args.both_at, args.siamese_at = _sizes(args.both_at), _sizes(args.siamese_at)
+    args.ft_lrs = [float(v) for v in args.ft_lrs.split(",")]
+    threads = 1 if args.workers > 1 else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    log = (lambda msg: None) if args.quiet else (lambda msg: tqdm.write(msg))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    t0, cpu0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
+    t0, load0 = time.perf_counter(), os.getloadavg()
     spec = BackboneSpec(args.model, args.weights)
-    steps = step_times(args, spec, log)  # first, in a fresh process: after hundreds of runs timings drift
+    steps = step_times(args, spec, log) if args.time_steps else None
     counts = {"trained": 0, "from_log": 0}
     accuracy = accuracy_table(args, spec, work, log, counts)
     machine = describe()
-    machine["torch_threads"] = args.threads
     machine["device"] = device_name("cpu")
     report = {
         "benchmark": "train_accuracy",
-        "settings": {"model": args.model, "weights": args.weights, "data": "digits:digit", "input_size": args.size,
+        "settings": {"model": args.model, "weights": args.weights, "data": args.data, "input_size": args.size,
                      "epochs": args.epochs, "min_steps": args.min_steps, "batch": args.batch,
-                     "seeds": list(range(args.seeds)),
-                     "samples": [n or "all" for n in args.samples], "val_samples": 359, "augment": False,
-                     "lr": {"subtune": 1e-3, "linear probe": 1e-2}, "weight_decay": 1e-2,
-                     "warmup": TrainConfig().warmup, "folds": args.folds, "candidates": args.candidates,
-                     "max_units": args.max_units, "epsilon": args.epsilon, "time_steps": args.time_steps},
+                     "seeds": list(range(args.seeds)), "samples": [n or "all" for n in args.samples],
+                     "augment": False, "lr": {"subtune": 1e-3, "linear probe": 1e-2}, "ft_lrs": args.ft_lrs,
+                     "cv": args.cv, "candidates": args.candidates, "epsilon": args.epsilon,
+                     "both_at": args.both_at, "siamese_at": args.siamese_at, "workers": args.workers},
         "accuracy": accuracy,
         "step_time": steps,
         "machine": machine,
         "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - cpu0,
-        # every training run as logged when it ran (an interrupted benchmark resumes from the logs)
-        "training_run_seconds": sum(r["seconds"] for f in work.glob("*.json")
-                                    for r in json.loads(f.read_text())["runs"].values()),
         "load_average": {"start": list(load0), "end": list(os.getloadavg())},
         "runs": counts,
         "note": args.note,
     }
+    report["claims"] = claims(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} ({report['seconds'] / 60:.1f} min)")
+    plot(report, out.with_suffix(".png"))
+    for suffix, text in ((".json", json.dumps(report, indent=1) + "\n"), (".md", markdown(report))):
+        tmp = out.with_name(out.name + suffix + ".partial")
+        tmp.write_text(text)
+        os.replace(tmp, out.with_suffix(suffix))
+    log(f"wrote {out.with_suffix('.json')}, .md and .png ({report['seconds'] / 60:.1f} min)")
     return report
 
 

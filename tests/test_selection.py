@@ -129,7 +129,8 @@ def test_executors_return_plain_results():
     specs = [RunSpec(BackboneSpec("resnet18", "random"), data, units, TrainConfig(epochs=1, batch_size=12))
              for units in ((), ("layer4.1",))]
     local = {r.key: r for r in LocalExecutor("cpu").map(execute_run, specs)}
-    remote = {r.key: r for r in ProcessExecutor(["cpu"], threads_per_worker=2).map(execute_run, specs)}
+    with ProcessExecutor(["cpu"], threads_per_worker=2) as ex:
+        remote = {r.key: r for r in ex.map(execute_run, specs)}
     assert set(local) == set(remote) == {s.key for s in specs}
     for key in local:  # another process rebuilds the same backbone, data and run
         assert remote[key].accuracy == pytest.approx(local[key].accuracy, abs=1e-6)

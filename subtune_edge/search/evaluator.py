@@ -10,7 +10,10 @@ stopped and never trains the same (units, seed, fold, mode) twice.
 from __future__ import annotations
 
 import functools
+import os
+import re
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -46,18 +49,32 @@ class SearchSetup:
             raise SubtuneError(f"k-fold validation needs at least 2 folds, got {self.folds}; pass 0 as {{param}} "
                                "to use the validation split", param="folds")
 
-    def specs(self, units: tuple[str, ...]) -> list[RunSpec]:
-        """The runs that score ``units``: one per seed and fold."""
+    def specs(self, units: tuple[str, ...], store: str | os.PathLike | None = None) -> list[RunSpec]:
+        """The runs that score ``units``: one per seed and fold.
+
+        Args:
+            units: the unit set.
+            store: a folder where validation-split runs keep their task files (:func:`store_path`),
+                so that a final training with the same settings reuses them.
+        """
         folds = list(range(self.folds)) if self.folds else [None]
         data = replace(self.data, folds=self.folds) if self.folds else self.data
-        return [RunSpec(self.backbone, data.with_fold(f), tuple(units), replace(self.config, seed=s),
-                        self.siamese and bool(units))
-                for s in self.seeds for f in folds]
+        specs = [RunSpec(self.backbone, data.with_fold(f), tuple(units), replace(self.config, seed=s),
+                         self.siamese and bool(units))
+                 for s in self.seeds for f in folds]
+        if store is None or self.folds:
+            return specs
+        return [replace(sp, task_path=str(store_path(store, sp))) for sp in specs]
 
     def context(self) -> dict:
         """What a run log written for this setup must agree on."""
         data = replace(self.data, folds=self.folds) if self.folds else self.data
         return RunSpec(self.backbone, data, (), self.config, False).context() | {"siamese": self.siamese}
+
+
+def store_path(store: str | os.PathLike, spec: RunSpec) -> Path:
+    """Where a run's task is kept in a task store: its key, spelled as a file name."""
+    return Path(store) / (re.sub(r"[^A-Za-z0-9._-]+", "_", spec.key).strip("_") + ".safetensors")
 
 
 @dataclass
@@ -93,11 +110,14 @@ class Evaluator:
         log: the run log (default: in memory).
         progress: told ``search`` events with data ``event="run"`` (``result``: the run's JSON,
             ``reused``: taken from the log) and, with a local executor, each run's ``train`` events.
+        store: a folder where validation-split runs keep their tasks (see
+            :func:`~subtune_edge.search.chosen.train_chosen`); default: they keep none.
     """
 
     def __init__(self, setup: SearchSetup, executor: Executor | None = None, log: RunLog | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, store: str | os.PathLike | None = None):
         self.setup = setup
+        self.store = store
         self.executor = executor or LocalExecutor(setup.config.device)
         self.log = log if log is not None else RunLog(None, setup.context())
         self.progress = progress
@@ -107,11 +127,21 @@ class Evaluator:
         self._logged_before = set(self.log.runs)
         self._ran: set[str] = set()
         self._reused: set[str] = set()
+        self._seconds: dict[str, float] = {}
 
     @property
     def new_runs(self) -> int:
         """Runs trained by this evaluator."""
         return len(self._ran)
+
+    @property
+    def run_seconds(self) -> float:
+        """Training time of the distinct runs this evaluator scored with, as each run recorded it when it ran.
+
+        A resumed search counts the runs it took from the log at the time they took then: the cost
+        of the result, not of this invocation.
+        """
+        return float(sum(self._seconds.values()))
 
     @property
     def reused_runs(self) -> int:
@@ -121,10 +151,11 @@ class Evaluator:
     def score_many(self, sets: list[tuple[str, ...]]) -> list[SetScore]:
         """Scores of ``sets``, in order; their runs go to the executor together."""
         sets = [tuple(self.order(u)) for u in sets]
-        specs_per_set = [self.setup.specs(u) for u in sets]
+        specs_per_set = [self.setup.specs(u, self.store) for u in sets]
 
         def on_result(spec: RunSpec, data: dict, reused: bool) -> None:
             key = data["key"]
+            self._seconds[key] = float(data["seconds"])
             if not reused:
                 self._ran.add(key)
             elif key in self._logged_before and key not in self._reused:

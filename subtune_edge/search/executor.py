@@ -98,7 +98,9 @@ class ProcessExecutor(Executor):
     """One spawned worker process per entry of ``devices``; a device may be listed more than once.
 
     Default: every visible CUDA device once, or ``workers`` CPU workers that share the cores.
-    Work is handed out one run at a time, so fast workers take more runs.
+    Work is handed out one run at a time, so fast workers take more runs. The workers live until
+    :meth:`close` (use the executor as a context manager), so they build each backbone, data set and
+    prefix once for all the rounds of a search.
 
     Args:
         devices: one worker per entry (``cuda:0``, ``cpu``, ...); default as above.
@@ -119,22 +121,37 @@ class ProcessExecutor(Executor):
         self.devices = list(devices)
         cpu_workers = sum(1 for d in self.devices if d == "cpu")
         self.threads = threads_per_worker or (max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None)
+        self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: RunFn, items: Iterable[Any]) -> Iterator[Any]:
         items = list(items)
         if not items:
             return
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        for d in self.devices:
-            queue.put(d)
-        pool = ProcessPoolExecutor(max_workers=len(self.devices), mp_context=ctx, initializer=_init_worker,
-                                   initargs=(queue, self.threads))
+        pool = self._get_pool()
+        pending: set[Future] = {pool.submit(_call, fn, item) for item in items}
         try:
-            pending: set[Future] = {pool.submit(_call, fn, item) for item in items}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield f.result()
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for f in pending:  # a failed or abandoned map leaves no runs queued for the next one
+                f.cancel()
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        # one pool for the executor's life: its workers keep their backbones, data and prefix caches
+        # warm from one round of a search to the next
+        if self._pool is None:
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            for d in self.devices:
+                queue.put(d)
+            self._pool = ProcessPoolExecutor(max_workers=len(self.devices), mp_context=ctx,
+                                             initializer=_init_worker, initargs=(queue, self.threads))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (they are started again by the next :meth:`map`)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

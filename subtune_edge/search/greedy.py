@@ -5,11 +5,20 @@ whose removal helps most), or both keeping the better; each round trains every c
 keeps the best; the search stops when the best candidate gains less than ``epsilon`` (paper code
 default 0.01 accuracy), when no candidate fits the unit / parameter / FLOPs / latency budget, or
 when no unit is left. The cost is O(L x rounds) runs, every round embarrassingly parallel.
+
+On small data one score is noisy, so a set is scored by repeated k-fold (the setup's folds x
+seeds) and, with ``prefer_cheaper``, a round takes the cheapest candidate (fewest branch FLOPs,
+then parameters) among those within one standard error of the best that still gain ``epsilon``:
+a difference the runs cannot resolve is not worth a bigger branch on every frame. The paper's
+code keeps the arg-max; ``prefer_cheaper=False`` does that.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import math
+import time
 from dataclasses import asdict, dataclass, field
 
 from ..backbone import Backbone
@@ -17,7 +26,7 @@ from ..cost import NECK_POOL, branch_flops, unit_costs
 from ..docs import documented
 from ..errors import SubtuneError
 from ..progress import Progress, emit
-from .evaluator import Evaluator, SearchSetup
+from .evaluator import Evaluator, SearchSetup, SetScore
 from .executor import Executor
 from .latency import LatencyTable
 from .runlog import RunLog
@@ -44,6 +53,9 @@ class GreedyConfig:
         "help": "At most this added latency per task on the device of latency_table."})
     latency_table: LatencyTable | None = field(default=None, metadata={
         "help": "Added ms of a branch at each unit (profile-device)."})
+    prefer_cheaper: bool = field(default=True, metadata={
+        "help": "Among candidates within one standard error of the best (that still gain epsilon), take the "
+                "one with the fewest branch FLOPs; False: the arg-max, as the paper's code."})
 
     def __post_init__(self):
         if self.direction not in ("forward", "backward", "both"):
@@ -58,7 +70,13 @@ class GreedyConfig:
 
 @dataclass
 class GreedyResult:
-    """The chosen set, its score and cost, and every round of every search that led there."""
+    """The chosen set, its score and cost, and every round of every search that led there.
+
+    ``accuracy`` is the selection score (mean over the setup's folds x seeds): the number the search
+    maximised, so an optimistic estimate; report a held-out split's accuracy beside it, not it.
+    ``runs`` / ``run_seconds`` are what the result cost (every run it scored with, at the time each
+    was trained); ``seconds`` is this invocation's wall time (small for a search resumed from its log).
+    """
 
     units: list[str]
     accuracy: float
@@ -69,6 +87,10 @@ class GreedyResult:
     searches: dict[str, dict] = field(default_factory=dict)   # direction -> {units, accuracy, rounds}
     new_runs: int = 0
     reused_runs: int = 0
+    runs: int = 0
+    run_seconds: float = 0.0
+    seconds: float = 0.0
+    runs_per_set: int = 1
 
     def to_json(self) -> dict:
         """The result as JSON."""
@@ -119,6 +141,7 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
     Raises:
         SubtuneError: an unknown candidate, no candidate, or no set within the budgets.
     """
+    t0 = time.perf_counter()
     ev = Evaluator(setup, executor, log, progress)
     names = ev.backbone.unit_names
     ev.backbone.check_units(greedy.candidates or ())
@@ -136,20 +159,45 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
                 and (greedy.max_latency_ms is None or greedy.latency_table.latency(units) <= greedy.max_latency_ms))
 
     directions = ["forward", "backward"] if greedy.direction == "both" else [greedy.direction]
-    searches = {d: _search(ev, d, candidates, greedy.epsilon, fits, progress) for d in directions}
+    pick = functools.partial(_pick, cost=cost, prefer_cheaper=greedy.prefer_cheaper)
+    searches = {d: _search(ev, d, candidates, greedy.epsilon, fits, pick, progress) for d in directions}
     feasible = [d for d in directions if searches[d]["feasible"]]
     if not feasible:
         raise SubtuneError("no unit set fits the budget (max_units / max_params / max_flops / max_latency_ms); "
                            "loosen it")
-    best = max(feasible, key=lambda d: (searches[d]["accuracy"], -cost.params(searches[d]["units"])))
+    finals = [SetScore(searches[d]["units"], d, searches[d]["accuracy"], searches[d]["std"], 0.0, 0.0,
+                       searches[d]["runs"], 0.0) for d in feasible]
+    best = feasible[finals.index(pick(finals, floor=float("-inf")))]
     s = searches[best]
     if log is not None:
         log.set_extra("greedy", {"config": asdict(greedy), "searches": searches, "chosen": best})
     return GreedyResult(s["units"], s["accuracy"], s["std"], best, cost.params(s["units"]), cost.flops(s["units"]),
-                        searches, ev.new_runs, ev.reused_runs)
+                        searches, ev.new_runs, ev.reused_runs, ev.new_runs + ev.reused_runs, ev.run_seconds,
+                        time.perf_counter() - t0, len(setup.specs(())))
 
 
-def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float, fits,
+def standard_error(score: SetScore) -> float:
+    """The standard error of a set's mean score (0 for a single run: only exact ties are ties)."""
+    return score.std / math.sqrt(score.runs) if score.runs > 1 else 0.0
+
+
+def _pick(scores: list[SetScore], floor: float, cost: SetCost, prefer_cheaper: bool) -> SetScore | None:
+    """The set a round keeps among ``scores`` that reach ``floor``; ``None`` when none does.
+
+    The arg-max (first of equals: model order), or with ``prefer_cheaper`` the cheapest set within
+    one standard error of it: fewest branch FLOPs, then fewest parameters, then the higher score.
+    """
+    eligible = [s for s in scores if s.mean >= floor]
+    if not eligible:
+        return None
+    best = max(eligible, key=lambda s: s.mean)
+    if not prefer_cheaper:
+        return best
+    near = [s for s in eligible if s.mean >= best.mean - standard_error(best)]
+    return min(near, key=lambda s: (cost.flops(s.units), cost.params(s.units), -s.mean))
+
+
+def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float, fits, pick,
             progress: Progress | None) -> dict:
     forward = direction == "forward"
     current: tuple[str, ...] = () if forward else tuple(candidates)
@@ -157,9 +205,9 @@ def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float
     feasible = fits(current)
     if feasible:
         start = ev.score(current)
-        acc, std = start.mean, start.std
+        acc, std, runs = start.mean, start.std, start.runs
     else:  # backward from a set over budget: remove units (forced) until one fits
-        acc, std = float("-inf"), 0.0
+        acc, std, runs = float("-inf"), 0.0, 0
     for r in range(1, len(candidates) + 1):
         if forward:
             options = [tuple(ev.order((*current, u))) for u in candidates if u not in current]
@@ -169,19 +217,24 @@ def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float
         if not options:
             break
         scores = ev.score_many(options)
-        best = max(scores, key=lambda s: s.mean)  # first of equals: model order
         forced = not feasible
+        top = max(scores, key=lambda s: s.mean)  # first of equals: model order
+        kept = pick(scores, floor=float("-inf") if forced else acc + epsilon)
+        accepted = kept is not None
+        best = kept if accepted else top
         gain = best.mean - acc if not forced else None
-        accepted = forced or gain >= epsilon
         info = {"direction": direction, "round": r, "from": list(current),
                 "from_accuracy": None if forced else acc, "best": best.units, "best_accuracy": best.mean,
+                "best_std": best.std, "top": top.units, "top_accuracy": top.mean,
                 "gain": gain, "accepted": accepted, "forced": forced,
-                "candidates": [{"units": s.units, "accuracy": s.mean, "std": s.std} for s in scores]}
+                "candidates": [{"units": s.units, "accuracy": s.mean, "std": s.std, "runs": s.runs,
+                                "seconds": s.seconds} for s in scores]}
         rounds.append(info)
         emit(progress, "search", f"{direction} round {r}: best {','.join(best.units) or '(linear probe)'}",
              event="round", **info)
         if not accepted:
             break
-        current, acc, std = tuple(best.units), best.mean, best.std
+        current, acc, std, runs = tuple(best.units), best.mean, best.std, best.runs
         feasible = fits(current)
-    return {"units": list(current), "accuracy": acc, "std": std, "rounds": rounds, "feasible": feasible}
+    return {"units": list(current), "accuracy": acc, "std": std, "runs": runs, "rounds": rounds,
+            "feasible": feasible}

@@ -15,6 +15,7 @@ from ..backbone import Backbone, BackboneSpec, load_backbone
 from ..data import DataSpec, TaskData, load_data, spec_key
 from ..errors import SubtuneError
 from ..progress import Progress
+from ..task import save_task
 from .config import TrainConfig, run_mode
 from .loop import train
 from .record import check_fields
@@ -29,6 +30,9 @@ class RunSpec:
     units: tuple[str, ...]
     config: TrainConfig
     siamese: bool = False
+    # where to save the run's task (tuned units + head), so that a final training with the same
+    # settings can reuse the run; not part of the key: where a result is kept does not change it
+    task_path: str | None = None
 
     @property
     def key(self) -> str:
@@ -133,7 +137,10 @@ def execute_run(spec: RunSpec, device: str | None = None, progress: Progress | N
     data = get_data(spec.data, backbone.data_config)
     cfg = replace(spec.config, device=device) if device and device != "auto" else spec.config
     units = list(spec.units)
-    r = train(backbone, data, units, cfg, siamese=spec.siamese and bool(units), progress=progress).record
+    result = train(backbone, data, units, cfg, siamese=spec.siamese and bool(units), name="run", progress=progress)
+    if spec.task_path is not None:
+        save_task(result.task, spec.task_path)
+    r = result.record
     return RunResult(
         key=spec.key, units=units, mode=r.mode, seed=cfg.seed, fold=spec.data.fold,
         accuracy=r.best_val_accuracy if cfg.select == "best" else r.val_accuracy,
