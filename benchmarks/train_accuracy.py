@@ -19,7 +19,7 @@ greedy SubTuning      the paper's Algorithm 1, forward, epsilon 0.01, no unit ca
                       training samples* (folds x search seeds, see ``--cv``), ties within one standard
                       error go to the cheaper set; the chosen set is then trained on all training
                       samples with each seed and reported on the validation split
-greedy (both)         forward and backward, the better kept (``--both-at`` sample sizes only)
+greedy (both)         forward and backward, the better kept (``--both-at`` sizes of ``--both-on`` data)
 Siamese SubTuning     the last 3 units, head on [tuned, frozen] features (``--siamese-at`` sizes)
 full finetuning       every unit; learning rate swept (``--ft-lrs``) on the first seed and the best one
                       *on the validation split* run with every seed: an oracle choice that favours
@@ -175,7 +175,7 @@ def accuracy_table(args, spec: BackboneSpec, work: Path, log, counts: dict) -> d
             row = {}
             row.update(cell.fixed())
             row.update(cell.greedy("forward"))
-            if n in args.both_at:
+            if n in args.both_at and source in args.both_on:
                 row.update(cell.greedy("both"))
             if n in args.siamese_at:
                 row.update(cell.siamese())
@@ -318,7 +318,8 @@ def markdown(report: dict) -> str:
         f"Machine: {m['cpu']} ({m['cpu_count']} cores), no GPU; torch {m['versions']['torch']}, "
         f"timm {m['versions']['timm']}; {s['workers']} one-thread worker process(es). Created {m['created']}; this "
         f"invocation: wall time {report['seconds'] / 60:.1f} min, {report['runs']['trained']} training runs made, "
-        f"{report['runs']['from_log']} taken from run logs; 1-minute load average "
+        f"{report['runs']['from_log']} taken from run logs; all runs' own training times add up to "
+        f"{report['training_run_seconds'] / 60:.1f} min; 1-minute load average "
         f"{report['load_average']['start'][0]:.1f} at the start, {report['load_average']['end'][0]:.1f} at the end."
         + (f" {report['note']}" if report.get("note") else ""),
         "",
@@ -407,6 +408,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--candidates", type=int, default=6, help="greedy chooses among the last N units")
     p.add_argument("--epsilon", type=float, default=0.01)
     p.add_argument("--both-at", default="100", help="sample sizes where greedy also runs 'both'")
+    p.add_argument("--both-on", default="digits:digit", help="data sets where greedy also runs 'both' (backward "
+                   "searches start from every candidate: the costliest runs)")
     p.add_argument("--siamese-at", default="100", help="sample sizes with Siamese SubTuning")
     p.add_argument("--ft-lrs", default="3e-4,1e-3,3e-3", help="full finetuning's learning-rate sweep")
     p.add_argument("--workers", type=int, default=2, help="one-thread worker processes (1: this process)")
@@ -419,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.data = [d.strip() for d in args.data.split(",") if d.strip()]
     args.samples = _sizes(args.samples)
     args.both_at, args.siamese_at = _sizes(args.both_at), _sizes(args.siamese_at)
+    args.both_on = [d.strip() for d in args.both_on.split(",") if d.strip()]
     args.ft_lrs = [float(v) for v in args.ft_lrs.split(",")]
     threads = 1 if args.workers > 1 else (os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -439,13 +443,17 @@ def main(argv: list[str] | None = None) -> dict:
                      "seeds": list(range(args.seeds)), "samples": [n or "all" for n in args.samples],
                      "augment": False, "lr": {"subtune": 1e-3, "linear probe": 1e-2}, "ft_lrs": args.ft_lrs,
                      "cv": args.cv, "candidates": args.candidates, "epsilon": args.epsilon,
-                     "both_at": args.both_at, "siamese_at": args.siamese_at, "workers": args.workers},
+                     "both_at": args.both_at, "both_on": args.both_on, "siamese_at": args.siamese_at,
+                     "workers": args.workers},
         "accuracy": accuracy,
         "step_time": steps,
         "machine": machine,
         "seconds": time.perf_counter() - t0,
         "load_average": {"start": list(load0), "end": list(os.getloadavg())},
         "runs": counts,
+        # every run as logged when it ran, this invocation's and earlier ones' (the benchmark resumes)
+        "training_run_seconds": sum(r["seconds"] for f in work.glob("*.json")
+                                    for r in json.loads(f.read_text())["runs"].values()),
         "note": args.note,
     }
     report["claims"] = claims(report)
