@@ -37,6 +37,7 @@ from .search import (
     greedy_select,
     make_executor,
     plot_profile,
+    train_chosen,
 )
 from .search.latency import LatencyTable
 from .synthetic import synthetic_task
@@ -57,6 +58,7 @@ __all__ = [
     "make_executor",
     "MultiTaskModel", "SharingPlan", "StackedMultiTaskModel", "TaskModel", "backbone_for_tasks",
     "GreedyConfig", "GreedyResult", "Profile", "SearchSetup", "finetuning_profile", "greedy_select", "plot_profile",
+    "train_chosen",
     "RunRecord", "RunResult", "RunSpec", "TrainConfig", "TrainResult", "execute_run", "train",
     "ExportOptions", "export_tasks",
     "ExportedModel", "Manifest", "load_export", "read_manifest",

@@ -5,6 +5,12 @@ digits, it trains three tasks (digit 0-9, parity, digit >= 5) by SubTuning with 
 units, draws the finetuning profile of the first task (with its linear-probe and full-finetuning
 references), fuses the three tasks into one ONNX graph beside their separate full copies,
 verifies every output against PyTorch, and measures fused vs separate latency on ONNX Runtime.
+
+Greedy selection scores candidate sets by k-fold cross-validation inside the training split, so
+the validation accuracy the summary reports is of data the selection never saw (the selection's
+own score is reported beside it as ``selection_score``). The chosen set is then trained on the
+whole training split: a run the profile already made with the same settings is reused (its task
+is kept in ``tasks/runs/``) rather than trained again.
 Library code: it reports through one :data:`~subtune_edge.progress.Progress` callback (the
 training, search, export and benchmark events as they come, each tagged with its task, plus a
 ``demo`` event per step) and never prints; ``subtune-edge demo`` renders. It sits above the
@@ -14,6 +20,7 @@ exporters and the benchmarks (see ARCHITECTURE.md): nothing but the CLI imports 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,11 +32,24 @@ from exporters import export_tasks
 from .backbone import BackboneSpec, model_args_for_input
 from .cost import PlanCost
 from .data import DataSpec
+from .errors import SubtuneError
 from .io import atomic_write_bytes, staged_dir
 from .progress import Event, Progress, emit
-from .search import GreedyConfig, RunLog, SearchSetup, finetuning_profile, greedy_select, make_executor, plot_profile
+from .search import (
+    Evaluator,
+    GreedyConfig,
+    RunLog,
+    SearchSetup,
+    finetuning_profile,
+    greedy_select,
+    make_executor,
+    plot_profile,
+    train_chosen,
+)
 from .task import load_task, save_task
-from .train import TrainConfig, get_backbone, get_data, train
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
 
 STAGE = "demo"
 # What a demo folder holds; an earlier one (and nothing else) may be replaced.
@@ -51,6 +71,8 @@ class DemoConfig:
     candidates: tuple[str, ...] = ("blocks.5.2", "blocks.5.3", "blocks.6.0", "conv_head")
     max_units: int = 2
     epsilon: float = 0.005
+    # greedy scores sets by k-fold inside the training split: the reported validation split stays unseen
+    folds: int = 3
     epochs: int = 4
     batch_size: int = 64
     train_samples: int | None = None
@@ -69,7 +91,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
-        base = cls(candidates=("blocks.6.0", "conv_head"), max_units=1, epochs=2, train_samples=400,
+        base = cls(candidates=("blocks.6.0", "conv_head"), max_units=1, folds=2, epochs=2, train_samples=400,
                    val_samples=300, bench_batches=(1,), bench_seconds=0.5, calibration_samples=96,
                    # CI-sized tasks are undertrained (near-tie logits): their INT8 figures are recorded, not gated
                    int8_min_agreement=0.0, int8_max_drop=1.0)
@@ -80,10 +102,12 @@ class DemoConfig:
 class DemoTask:
     name: str
     units: list[str]
-    accuracy: float
+    accuracy: float                      # validation split: never seen by the selection
+    selection_score: float               # greedy's k-fold score inside the training split
     linear_probe: float | None = None
     full_finetune: float | None = None
     path: str = ""
+    reused_run: bool = False             # the final model is a run the profile had already trained
     greedy: dict = field(default_factory=dict)
 
 
@@ -131,9 +155,25 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), progress: Progress
 
 
 def _reuse_run_logs(previous: Path, staging: Path) -> None:
-    for log in sorted((previous / "tasks").glob("*.runs.json")) if is_demo_dir(previous) else []:
-        (staging / "tasks").mkdir(exist_ok=True)
-        shutil.copy2(log, staging / "tasks" / log.name)
+    """An earlier demo's run logs and stored runs, so that a rerun resumes instead of training again."""
+    if not is_demo_dir(previous):
+        return
+    for log in sorted((previous / "tasks").glob("*.json")):
+        if log.name.endswith((".runs.json", ".search.json")):
+            (staging / "tasks").mkdir(exist_ok=True)
+            shutil.copy2(log, staging / "tasks" / log.name)
+    if (previous / "tasks" / "runs").is_dir():
+        shutil.copytree(previous / "tasks" / "runs", staging / "tasks" / "runs")
+
+
+def _open_log(path: Path, setup: SearchSetup) -> RunLog:
+    """The run log at ``path``, or a new one where an earlier demo's was written for other settings."""
+    try:
+        return RunLog(path, setup.context())
+    except SubtuneError as exc:
+        log.warning("not reusing %s: %s", path.name, exc)
+        path.unlink()
+        return RunLog(path, setup.context())
 
 
 def _run(out: Path, final: Path, cfg: DemoConfig, progress: Progress | None) -> dict:
@@ -144,32 +184,40 @@ def _run(out: Path, final: Path, cfg: DemoConfig, progress: Progress | None) -> 
     profile = None
     for i, name in enumerate(cfg.tasks):
         setup = _setup(cfg, TASKS[name])
-        log = RunLog(out / "tasks" / f"{name}.runs.json", setup.context())
+        # validation-split runs (profile, final training) and the search's k-fold runs: two contexts, two logs
+        val_log = _open_log(out / "tasks" / f"{name}.runs.json", setup)
+        search_setup = replace(setup, folds=cfg.folds)
+        search_log = _open_log(out / "tasks" / f"{name}.search.json", search_setup)
+        store = out / "tasks" / "runs"
         forward = _tagged(progress, name)
         t0 = time.perf_counter()
-        lp = ft = None
+        ft = None
         if i == 0 and cfg.full_finetune_reference:
             emit(progress, STAGE, f"finetuning profile of '{name}' (each candidate unit alone, linear probe, "
                                   "full finetuning)")
-            prof = finetuning_profile(setup, (1,), list(cfg.candidates), executor=executor, log=log,
-                                      progress=forward)
+            prof = finetuning_profile(setup, (1,), list(cfg.candidates), executor=executor, log=val_log,
+                                      progress=forward, store=store)
             plot_profile(prof, out / "profile" / "profile.png")
             atomic_write_bytes(out / "profile" / "profile.json", json.dumps(prof.to_json(), indent=2).encode())
             profile = final / "profile" / "profile.png"
-            lp, ft = prof.linear_probe["mean"], prof.full_finetune["mean"]
-        emit(progress, STAGE, f"greedy selection for '{name}' over {', '.join(cfg.candidates)}")
-        greedy = greedy_select(setup, GreedyConfig("forward", cfg.epsilon, cfg.max_units, candidates=cfg.candidates),
-                               executor=executor, log=log, progress=forward)
-        if lp is None:
-            lp = _linear_probe_score(greedy)
+            ft = prof.full_finetune["mean"]
+        emit(progress, STAGE, f"greedy selection for '{name}' over {', '.join(cfg.candidates)} "
+                              f"({cfg.folds}-fold inside the training split)")
+        greedy = greedy_select(search_setup,
+                               GreedyConfig("forward", cfg.epsilon, cfg.max_units, candidates=cfg.candidates),
+                               executor=executor, log=search_log, progress=forward)
+        # the linear-probe reference on the validation split (from the profile's log when it ran)
+        lp = Evaluator(setup, executor, val_log, forward, store).score(()).mean
         emit(progress, STAGE, f"training '{name}' on {', '.join(greedy.units) or '(linear probe)'}")
-        backbone = get_backbone(setup.backbone)
-        data = get_data(setup.data, backbone.data_config)
-        result = train(backbone, data, greedy.units, setup.config, name=name, progress=forward)
-        path = save_task(result.task, out / "tasks" / name)
-        tasks.append(DemoTask(name, greedy.units, result.accuracy, lp, ft, str(final / "tasks" / path.name),
-                              {"direction": greedy.direction, "accuracy": greedy.accuracy,
-                               "new_runs": greedy.new_runs, "reused_runs": greedy.reused_runs}))
+        chosen = train_chosen(setup, greedy.units, val_log, store, name=name, executor=executor, progress=forward)
+        path = save_task(chosen.task, out / "tasks" / name)
+        tasks.append(DemoTask(name, greedy.units, chosen.result["accuracy"], greedy.accuracy, lp, ft,
+                              str(final / "tasks" / path.name), chosen.reused,
+                              {"direction": greedy.direction,
+                               "selection": f"{cfg.folds}-fold inside the training split",
+                               "selection_score": greedy.accuracy, "selection_std": greedy.std,
+                               "runs": greedy.runs, "new_runs": greedy.new_runs, "reused_runs": greedy.reused_runs,
+                               "run_seconds": round(greedy.run_seconds, 1), "seconds": round(greedy.seconds, 1)}))
         timings[f"train_{name}"] = round(time.perf_counter() - t0, 1)
 
     emit(progress, STAGE, "exporting the fused graph and the separate copies, verifying against PyTorch")
@@ -207,13 +255,6 @@ def _tagged(progress: Progress | None, task: str) -> Progress | None:
         progress(replace(event, data={**event.data, "task": task}))
 
     return forward
-
-
-def _linear_probe_score(greedy) -> float | None:
-    """The linear probe is the forward search's starting point, so its score comes for free."""
-    forward = greedy.searches.get("forward") or {}
-    rounds = forward.get("rounds") or []
-    return rounds[0]["from_accuracy"] if rounds else forward.get("accuracy")
 
 
 def _summary(cfg, tasks: list[DemoTask], manifest: dict, results: dict, timings: dict, out: Path, profile_path,

@@ -68,3 +68,36 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path):
     result = runner.invoke(main, ["profile", "resnet18", "--data", "digits:parity", "--window", "a",
                                   "--out", str(tmp_path / "p"), *COMMON])
     assert result.exit_code == 2 and "window sizes" in result.output
+
+
+def test_tune_auto_reuses_the_search_run_and_reports_its_cost(tmp_path):
+    args = ["tune", "resnet18", "--data", "digits:parity", "--name", "p", "--blocks", "auto", "--candidates",
+            "layer4.1", "--epsilon", "0", "--task-dir", str(tmp_path), *COMMON]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    log = json.loads((tmp_path / "p.runs.json").read_text())
+    front = json.loads((tmp_path / "p.front.json").read_text())
+    g = front["greedy"]
+    assert g["selected_on"] == "validation split" and g["runs"] == len(log["runs"]) and g["runs_per_set"] == 1
+    assert g["run_seconds"] == sum(r["seconds"] for r in log["runs"].values())
+    task = load_task(tmp_path / "p.safetensors")
+    key = f"{task.training['mode']}|{'+'.join(task.tuned_units) or '-'}|seed=0|fold=None"
+    # the search trained this very run: the task is its stored copy, not a second training
+    assert task.training["seconds"] == log["runs"][key]["seconds"]
+    assert task.training["val_accuracy"] == log["runs"][key]["final_accuracy"]
+
+
+def test_tune_auto_with_folds_selects_inside_the_training_split(tmp_path):
+    args = ["tune", "resnet18", "--data", "digits:parity", "--name", "p", "--blocks", "auto", "--candidates",
+            "layer4.1", "--folds", "2", "--task-dir", str(tmp_path), *COMMON]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    search = json.loads((tmp_path / "p.runs.json").read_text())["runs"]
+    assert search and all(r["fold"] in (0, 1) for r in search.values())  # the validation split unseen
+    final = json.loads((tmp_path / "p.runs.final.json").read_text())["runs"]
+    assert [r["fold"] for r in final.values()] == [None]
+    front = json.loads((tmp_path / "p.front.json").read_text())
+    assert front["greedy"]["selected_on"] == "2-fold" and front["greedy"]["runs_per_set"] == 2
+    task = load_task(tmp_path / "p.safetensors")
+    assert task.training["samples"] == 40 and task.training["val_samples"] == 40  # trained on all of it
+    assert task.training["val_accuracy"] == next(iter(final.values()))["final_accuracy"]

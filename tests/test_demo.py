@@ -22,6 +22,19 @@ def test_demo_quick_runs_end_to_end_and_leaves_a_verified_export(tmp_path):
         assert 0.5 < task["accuracy"] <= 1.0  # real digits, real ImageNet weights: far above chance
         assert task["linear_probe"] is not None
     assert summary["tasks"][0]["full_finetune"] is not None
+    for task in summary["tasks"]:
+        # greedy selected on folds of the training split; the reported accuracy is a validation-split run
+        search = json.loads((out / "tasks" / f"{task['name']}.search.json").read_text())["runs"]
+        assert search and all(r["fold"] in (0, 1) for r in search.values())
+        val_runs = json.loads((out / "tasks" / f"{task['name']}.runs.json").read_text())["runs"]
+        mode = "linear-probe" if not task["units"] else "subtune"
+        final = val_runs[f"{mode}|{'+'.join(task['units']) or '-'}|seed=0|fold=None"]
+        assert task["accuracy"] == final["accuracy"] and final["val_samples"] == 300
+        assert task["selection_score"] == task["greedy"]["selection_score"]
+        assert task["greedy"]["runs"] >= 2 * 3 and task["greedy"]["run_seconds"] > 0  # {} + 2 candidates x 2 folds
+    # the first task's profile trained the linear probe and every candidate alone on the same split, and
+    # --quick chooses at most one unit: its final model is the profile's run, not a second training
+    assert summary["tasks"][0]["reused_run"] is True
     assert summary["fused_bytes"] < summary["separate_bytes"]
     assert summary["int8_bytes"] < 0.35 * summary["fused_bytes"]  # model.int8.onnx, gated per task
     for task in summary["tasks"]:

@@ -56,7 +56,8 @@ class _DemoProgress:
             run = info["result"]
             units = _label(run["units"], run["mode"])
             tag = " (from log)" if info["reused"] else ""
-            self.console.print(escape(f"    {info['task']}: {units:<28} val acc {100 * run['accuracy']:.1f}%{tag}"))
+            split = "val acc" if run.get("fold") is None else f"fold {run['fold']} acc"
+            self.console.print(escape(f"    {info['task']}: {units:<28} {split} {100 * run['accuracy']:.1f}%{tag}"))
         elif event.stage == "export":
             self.bar.update(self.task, description=escape(event.message), info="")
         elif event.stage == "bench" and event.total:
@@ -91,8 +92,8 @@ def demo(out_dir: str, device: str, quick: bool, threads: int | None) -> None:
 def render_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console(width=120)
     table = Table(title="subtune-edge demo: 3 tasks on tf_efficientnet_lite0 (digits, offline)")
-    for col in ("task", "units tuned", "SubTuning", "linear probe", "full finetune", "branch FLOPs share",
-                "held-out fp32", "held-out INT8"):
+    for col in ("task", "units tuned", "selection (CV)", "SubTuning", "linear probe", "full finetune",
+                "branch FLOPs share", "held-out fp32", "held-out INT8"):
         table.add_column(col, justify="left" if col in ("task", "units tuned") else "right")
 
     def pct(v):
@@ -100,9 +101,12 @@ def render_summary(summary: dict, console: Console | None = None) -> None:
 
     for t in summary["tasks"]:
         int8 = pct(t.get("accuracy_int8")) + (" (fp32 branch)" if t.get("int8_precision") == "fp32" else "")
-        table.add_row(t["name"], ", ".join(t["units"]) or "(linear probe)", pct(t["accuracy"]), pct(t["linear_probe"]),
-                      pct(t["full_finetune"]), pct(t["branch_flops_share"]), pct(t.get("accuracy_fp32")), int8)
+        table.add_row(t["name"], ", ".join(t["units"]) or "(linear probe)", pct(t.get("selection_score")),
+                      pct(t["accuracy"]), pct(t["linear_probe"]), pct(t["full_finetune"]),
+                      pct(t["branch_flops_share"]), pct(t.get("accuracy_fp32")), int8)
     console.print(table)
+    console.print("selection (CV): greedy's score by k-fold inside the training split; SubTuning, linear probe and "
+                  "full finetune: the validation split, which the selection never saw")
     lat = Table(title="one fused graph vs 3 separate full models (ONNX Runtime, CPU)")
     for col in ("batch", "fused ms", "separate ms", "measured ratio", "FLOPs-ideal ratio", "INT8 fused ms",
                 "INT8 / fp32 fused"):

@@ -18,6 +18,7 @@ from rich.table import Table
 from ..errors import SubtuneError
 from ..io import atomic_write_bytes, check_replaceable, staged_dir
 from ..progress import Event
+from ..search.chosen import final_setup, train_chosen
 from ..search.evaluator import SearchSetup
 from ..search.factory import check_executor_kind, make_executor
 from ..search.greedy import GreedyConfig, SetCost, greedy_select
@@ -26,6 +27,7 @@ from ..search.profile import finetuning_profile, plot_profile, profile_sets
 from ..search.runlog import LOG_FORMAT, RunLog
 from ..task import save_task
 from ..train.loop import train
+from ..train.record import RunRecord
 from ..train.runs import get_backbone, get_data
 from ._options import split_csv, task_dir_option, task_name_option, training_options, training_specs
 
@@ -180,11 +182,15 @@ def _units_label(units: list[str], all_units: list[str]) -> str:
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Greedy: score sets by k-fold validation over the training split (for small data).")
 @click.option("--search-seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Greedy: seeds averaged per candidate set.")
+              help="Greedy: seeds averaged per candidate set (with --folds: repeated k-fold).")
+@click.option("--prefer-cheaper/--argmax", default=True, show_default=True,
+              help="Greedy: of candidates within one standard error of the best, take the one with the fewest "
+                   "branch FLOPs (--argmax: the best score, as the paper's code).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Greedy run log (resumable). Default: TASK_DIR/NAME.runs.json.")
 def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates, max_units, max_params, max_flops,
-         latency_budget, costs_path, folds, search_seeds, log_path, workers, executor_kind, progress, **opts) -> None:
+         latency_budget, costs_path, folds, search_seeds, prefer_cheaper, log_path, workers, executor_kind, progress,
+         **opts) -> None:
     """Train a task on MODEL: SubTune the chosen units (or let greedy selection choose) and a new head.
 
     \b
@@ -208,25 +214,32 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
     if blocks.strip() == "auto":
         cands = tuple(backbone.parse_units(candidates)) if candidates else None
         table = LatencyTable.read(costs_path) if costs_path else None
-        gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands, latency_budget, table)
+        gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands, latency_budget, table,
+                            prefer_cheaper)
         log = RunLog(Path(log_path) if log_path else Path(task_dir) / f"{name}.runs.json", setup.context())
+        # validation-split runs keep their tasks, so the final training reuses the search's run of the winner
+        stem = log.path.name.removesuffix(".json")
+        store = log.path.with_name(stem + ".tasks")
+        final_log = log if not folds else RunLog(log.path.with_name(stem + ".final.json"), final_setup(setup).context())
         with make_executor(workers, setup.config.device, kind=executor_kind) as executor, ui.running():
-            greedy = greedy_select(setup, gcfg, executor=executor, log=log, progress=ui)
+            greedy = greedy_select(setup, gcfg, executor=executor, log=log, progress=ui, store=store)
         units = greedy.units
+        with ui.running(runs=False):
+            chosen = train_chosen(setup, units, final_log, store, name=name, progress=ui)
+        task, reused = chosen.task, chosen.reused
     else:
         units = backbone.parse_units(blocks)
-    with ui.running(runs=False):
-        # greedy may find that no unit beats the linear probe, which has no Siamese form
-        result = train(backbone, data, units, setup.config, siamese=siamese and (bool(units) or greedy is None),
-                       name=name, progress=ui)
-    path = save_task(result.task, Path(task_dir) / name)
+        with ui.running(runs=False):
+            task = train(backbone, data, units, setup.config, siamese=siamese, name=name, progress=ui).task
+        reused = False
+    path = save_task(task, Path(task_dir) / name)
 
     if greedy is not None:
         _render_greedy(console, greedy, backbone.unit_names, log.path)
         front = _write_front(greedy, gcfg, setup, backbone, Path(task_dir), name)
         console.print(f"accuracy vs added {'latency' if table else 'branch FLOPs'} of every evaluated set: "
                       f"{front['json']} and {front['png']}")
-    r = result.record
+    r = RunRecord.from_json(task.training)
     table = Table(title=f"task '{name}' -> {path}")
     table.add_column("field")
     table.add_column("value")
@@ -241,7 +254,11 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
             ("val accuracy (best)", f"{100 * r.best_val_accuracy:.2f}% (epoch {r.best_epoch})"),
             ("prefix cache", "train + val" if r.prefix_cache["train"] else
              ("val only" if r.prefix_cache["val"] else "off")),
-            ("device", r.device), ("time", f"{r.seconds:.1f} s")]
+            ("device", r.device), ("time", f"{r.seconds:.1f} s" + (" (the search's run, reused)" if reused else ""))]
+    if greedy is not None:
+        rows.insert(rows.index(("val accuracy (final)", f"{100 * r.val_accuracy:.2f}%")) + 1, (
+            "selected on", f"{folds}-fold inside the training split: the val accuracy is held out" if folds else
+            "the validation split: its accuracy is optimistic (pass --folds 3 to select inside the training split)"))
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
@@ -253,7 +270,11 @@ def _write_front(greedy, gcfg: GreedyConfig, setup, backbone, task_dir: Path, na
     table = gcfg.latency_table
     report = front_report(greedy.searches, greedy.units, table.latency if table else None, cost.flops)
     report.update(budget_ms=gcfg.max_latency_ms, device=table.device if table else None,
-                  backend=table.backend if table else None)
+                  backend=table.backend if table else None,
+                  greedy={"units": greedy.units, "selection_score": greedy.accuracy, "selection_std": greedy.std,
+                          "selected_on": f"{setup.folds}-fold" if setup.folds else "validation split",
+                          "runs_per_set": greedy.runs_per_set, "direction": greedy.direction, "runs": greedy.runs,
+                          "new_runs": greedy.new_runs, "run_seconds": greedy.run_seconds, "seconds": greedy.seconds})
     paths = {"json": task_dir / f"{name}.front.json", "png": task_dir / f"{name}.front.png"}
     atomic_write_bytes(paths["json"], (json.dumps(report, indent=2) + "\n").encode())
     where = f" on {table.backend} ({table.device})" if table else ""
@@ -263,8 +284,8 @@ def _write_front(greedy, gcfg: GreedyConfig, setup, backbone, task_dir: Path, na
 
 
 def _render_greedy(console: Console, greedy, all_units: list[str], log_path) -> None:
-    table = Table(title=f"greedy selection ({greedy.direction} kept; {greedy.new_runs} runs, "
-                        f"{greedy.reused_runs} from the log {log_path})")
+    table = Table(title=f"greedy selection ({greedy.direction} kept; {greedy.runs} runs of {greedy.runs_per_set} per "
+                        f"set, {greedy.run_seconds:.0f} s of training; {greedy.reused_runs} from the log {log_path})")
     for col in ("search", "round", "best candidate", "accuracy", "gain", "kept"):
         table.add_column(col, justify="right" if col in ("round", "accuracy", "gain") else "left")
     for direction, s in greedy.searches.items():

@@ -7,12 +7,14 @@
 ``ray``        :class:`RayExecutor` (optional ``dist`` extra)
 ``factory``    :func:`make_executor`: an executor by name
 ``runlog``     :class:`RunLog`: the resumable record of every run
+``chosen``     :func:`train_chosen`: the final training of a chosen set, reusing a stored run
 ``latency``    device latency tables, Pareto fronts of accuracy against added cost
 """
 
 from __future__ import annotations
 
-from .evaluator import Evaluator, SearchSetup, SetScore
+from .chosen import ChosenRun, final_setup, train_chosen
+from .evaluator import Evaluator, SearchSetup, SetScore, store_path
 from .executor import Executor, LocalExecutor, ProcessExecutor
 from .factory import EXECUTOR_KINDS, check_executor_kind, make_executor
 from .greedy import GreedyConfig, GreedyResult, SetCost, greedy_select
@@ -22,8 +24,9 @@ from .ray import RayExecutor, parse_address, require_ray
 from .runlog import RunLog, run_all
 
 __all__ = [
-    "COSTS_FORMAT", "EXECUTOR_KINDS", "Evaluator", "Executor", "GreedyConfig", "GreedyResult", "LatencyTable",
-    "LocalExecutor", "ProcessExecutor", "Profile", "RayExecutor", "RunLog", "SearchSetup", "SetCost", "SetScore",
-    "check_executor_kind", "finetuning_profile", "front_report", "greedy_select", "make_executor", "pareto_front",
-    "parse_address", "plot_front", "plot_profile", "profile_sets", "read_cost_table", "require_ray", "run_all",
+    "COSTS_FORMAT", "ChosenRun", "EXECUTOR_KINDS", "Evaluator", "Executor", "GreedyConfig", "GreedyResult",
+    "LatencyTable", "LocalExecutor", "ProcessExecutor", "Profile", "RayExecutor", "RunLog", "SearchSetup", "SetCost",
+    "SetScore", "check_executor_kind", "final_setup", "finetuning_profile", "front_report", "greedy_select",
+    "make_executor", "pareto_front", "parse_address", "plot_front", "plot_profile", "profile_sets", "read_cost_table",
+    "require_ray", "run_all", "store_path", "train_chosen",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -123,7 +124,8 @@ class SetCost:
 
 
 def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, executor: Executor | None = None,
-                  log: RunLog | None = None, progress: Progress | None = None) -> GreedyResult:
+                  log: RunLog | None = None, progress: Progress | None = None,
+                  store: str | os.PathLike | None = None) -> GreedyResult:
     """Algorithm 1 of the paper, forward, backward or both; see the module documentation.
 
     Args:
@@ -134,6 +136,8 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
         progress: told ``search`` events: ``event="run"`` per run, ``event="round"`` per round
             (its candidates, the best, the gain, whether it was kept), and each run's ``train``
             events with a local executor.
+        store: where validation-split runs keep their tasks, so that the final training of the
+            chosen set reuses its run (:func:`~subtune_edge.search.chosen.train_chosen`).
 
     Returns:
         The chosen units with their score and cost, and every search's rounds.
@@ -142,7 +146,7 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
         SubtuneError: an unknown candidate, no candidate, or no set within the budgets.
     """
     t0 = time.perf_counter()
-    ev = Evaluator(setup, executor, log, progress)
+    ev = Evaluator(setup, executor, log, progress, store)
     names = ev.backbone.unit_names
     ev.backbone.check_units(greedy.candidates or ())
     candidates = ev.order(greedy.candidates) if greedy.candidates is not None else list(names)

@@ -6,6 +6,7 @@ mean and spread per set over seeds, beside linear-probe and full-finetuning refe
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def profile_sets(unit_names: list[str], windows: tuple[int, ...], units: list[st
 
 def finetuning_profile(setup: SearchSetup, windows: tuple[int, ...] = (1,), units: list[str] | None = None, *,
                        executor: Executor | None = None, log: RunLog | None = None,
-                       progress: Progress | None = None) -> Profile:
+                       progress: Progress | None = None, store: str | os.PathLike | None = None) -> Profile:
     """Train each unit (and each window of consecutive units) alone; linear probe and full FT as references.
 
     Args:
@@ -68,6 +69,7 @@ def finetuning_profile(setup: SearchSetup, windows: tuple[int, ...] = (1,), unit
         executor: where runs go (default: this process).
         log: the run log (a resumed profile takes finished runs from it).
         progress: told ``search`` events (``event="run"``) and, locally, each run's ``train`` events.
+        store: where validation-split runs keep their tasks, for a final training to reuse.
 
     Returns:
         The profile.
@@ -75,7 +77,7 @@ def finetuning_profile(setup: SearchSetup, windows: tuple[int, ...] = (1,), unit
     Raises:
         SubtuneError: an unknown unit, a window below 1, or no window inside ``units``.
     """
-    ev = Evaluator(setup, executor, log, progress)
+    ev = Evaluator(setup, executor, log, progress, store)
     names = ev.backbone.unit_names
     if units is not None:
         ev.backbone.check_units(units)
