@@ -87,6 +87,9 @@ def test_final_training_reuses_the_search_run_with_the_same_settings(tmp_path):
     result = greedy_select(setup, GreedyConfig(candidates=("layer4.1",), epsilon=0.0), log=log, store=store)
     spec = setup.specs(tuple(result.units), store)[0]
     assert store_path(store, spec).is_file()  # validation-split runs keep their task
+    other = _setup("random", folds=0, config=setup.config, data=DataSpec("digits:ge5", (32, 32), train_samples=48,
+                                                                          val_samples=40)).specs(tuple(result.units))[0]
+    assert other.key == spec.key and store_path(store, other) != store_path(store, spec)  # one store, many tasks
     logged = dict(log.get(spec.key))
     chosen = train_chosen(setup, result.units, log, store, name="parity")
     assert chosen.reused and chosen.result == logged  # not trained again: the same recorded run

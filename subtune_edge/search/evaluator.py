@@ -10,6 +10,8 @@ stopped and never trains the same (units, seed, fold, mode) twice.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +22,7 @@ import numpy as np
 from ..backbone import Backbone, BackboneSpec
 from ..data import DataSpec
 from ..errors import SubtuneError
+from ..io import jsonable
 from ..progress import Progress, emit
 from ..train.config import TrainConfig, run_mode
 from ..train.runs import RunResult, RunSpec, execute_run, get_backbone
@@ -73,8 +76,13 @@ class SearchSetup:
 
 
 def store_path(store: str | os.PathLike, spec: RunSpec) -> Path:
-    """Where a run's task is kept in a task store: its key, spelled as a file name."""
-    return Path(store) / (re.sub(r"[^A-Za-z0-9._-]+", "_", spec.key).strip("_") + ".safetensors")
+    """Where a run's task is kept in a task store: its key and a digest of its settings, as a file name.
+
+    The digest (backbone, data, training config) keeps runs of different tasks or settings that
+    share a key (the same units and seed) apart, so one store can serve several searches.
+    """
+    digest = hashlib.sha256(json.dumps(jsonable(spec.context()), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(store) / (re.sub(r"[^A-Za-z0-9._-]+", "_", spec.key).strip("_") + f"_{digest}.safetensors")
 
 
 @dataclass
