@@ -8,6 +8,7 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -57,15 +58,47 @@ def _render(exc: SubtuneError, ctx: click.Context) -> str:
     return str(exc)
 
 
+# the packages whose diagnostics the command shows (library code only logs; it never prints)
+LOGGERS = ("subtune_edge", "exporters", "benchmarks")
+
+
+class _StderrHandler(logging.Handler):
+    """``warning: message`` lines on the stderr of the moment (click's, so test runners capture them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+        except Exception:  # a diagnostic must never break the command
+            self.handleError(record)
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Show the library's warnings (``-v``: info, ``-vv``: debug) as one plain line each on stderr.
+
+    Without it Python's last-resort handler prints ``WARNING:module.path:message``. Calling it
+    again (every invocation in one process) replaces the handler instead of adding another.
+    """
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(h)
+        handler = _StderrHandler(level)
+        logger.addHandler(handler)
+        logger.setLevel(level if verbose > 0 else logging.NOTSET)  # warnings pass by the root's own level
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="subtune-edge")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr: -v info, -vv debug.")
+def main(verbose: int) -> None:
     """SubTune timm backbones per task and ship every task in one fused ONNX / TensorRT engine.
 
     \b
     Example (offline, on the bundled digits data):
       subtune-edge demo --out demo-out
     """
+    configure_logging(verbose)
 
 
 for _module, _names in COMMAND_MODULES.items():

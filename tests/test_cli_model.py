@@ -33,3 +33,19 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path):
     assert result.exit_code == 2 and "supported families" in result.output
     result = CliRunner().invoke(main, ["blocks", "resnet18", "--input-size", "abc"])
     assert result.exit_code == 2 and "Usage:" in result.output and "H,W" in result.output
+
+
+def test_library_warnings_are_one_plain_line_on_stderr(capsys):
+    import logging
+
+    from subtune_edge.cli import configure_logging
+
+    configure_logging(0)
+    configure_logging(0)  # a second invocation in one process: still one line per warning
+    logging.getLogger("subtune_edge.search.chosen").warning("stored run %s is unusable", "x.safetensors")
+    logging.getLogger("subtune_edge.search.chosen").info("not shown without -v")
+    assert capsys.readouterr().err == "warning: stored run x.safetensors is unusable\n"
+    configure_logging(1)
+    logging.getLogger("exporters.export").info("shown with -v")
+    assert capsys.readouterr().err == "info: shown with -v\n"
+    configure_logging(0)
