@@ -38,7 +38,6 @@ import json
 import math
 import os
 import re
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -58,17 +57,12 @@ from .environment import describe
 
 ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
 
-ALL = 0  # "all training samples" in --samples
 METHODS = ["linear probe", "SubTuning (last 1)", "SubTuning (last 3)", "greedy SubTuning", "greedy (both)",
            "Siamese SubTuning (last 3)", "full finetuning"]
 
 
 def _pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def _slug(text: str) -> str:
@@ -228,10 +222,6 @@ DATA_LABELS = {"digits": "digits (real 8x8 handwritten digits)", "digits-c": "co
 
 def _label(source: str) -> str:
     return DATA_LABELS.get(source.split(":")[0], source) + f" `{source}`"
-
-
-def _best_subtuning(row: dict) -> float:
-    return row["greedy SubTuning"]["mean"]
 
 
 def claims(report: dict) -> list[dict]:

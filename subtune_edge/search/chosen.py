@@ -9,16 +9,16 @@ more on the whole of it (and that run is logged and stored in turn, so a rerun r
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import SubtuneError
+from ..io import jsonable
 from ..progress import Progress
 from ..task import Task, load_task
-from ..train.runs import RunResult, execute_run
-from .evaluator import SearchSetup
+from ..train.runs import RunResult
+from .evaluator import SearchSetup, run_fn
 from .executor import Executor, LocalExecutor
 from .runlog import RunLog, run_all
 
@@ -61,7 +61,7 @@ def train_chosen(setup: SearchSetup, units: list[str] | tuple[str, ...], run_log
         SubtuneError: the run log is for other settings, or the training fails.
     """
     setup = final_setup(setup)
-    if run_log.context != RunLog(None, setup.context()).context:
+    if run_log.context != jsonable(setup.context()):
         raise SubtuneError("the final training's run log was written for other settings than the search's "
                            "validation-split runs; give it the log of this setup")
     spec = setup.specs(tuple(units), store)[0]
@@ -77,7 +77,6 @@ def train_chosen(setup: SearchSetup, units: list[str] | tuple[str, ...], run_log
     run_log.runs.pop(spec.key, None)  # logged without its task (or with a bad one): train it again
     path.parent.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor(setup.config.device)
-    fn = functools.partial(execute_run, progress=progress) \
-        if progress is not None and isinstance(executor, LocalExecutor) else execute_run
-    result = run_all(executor, fn, [spec], run_log, key=lambda s: s.key, to_json=RunResult.to_json)[spec.key]
+    result = run_all(executor, run_fn(executor, progress), [spec], run_log, key=lambda s: s.key,
+                     to_json=RunResult.to_json)[spec.key]
     return ChosenRun(replace(load_task(path), name=name), result, False)

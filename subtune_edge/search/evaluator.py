@@ -26,7 +26,7 @@ from ..io import jsonable
 from ..progress import Progress, emit
 from ..train.config import TrainConfig, run_mode
 from ..train.runs import RunResult, RunSpec, execute_run, get_backbone
-from .executor import Executor, LocalExecutor
+from .executor import Executor, LocalExecutor, RunFn
 from .runlog import RunLog, run_all
 
 
@@ -73,6 +73,13 @@ class SearchSetup:
         """What a run log written for this setup must agree on."""
         data = replace(self.data, folds=self.folds) if self.folds else self.data
         return RunSpec(self.backbone, data, (), self.config, False).context() | {"siamese": self.siamese}
+
+
+def run_fn(executor: Executor, progress: Progress | None) -> RunFn:
+    """:func:`execute_run`, told ``progress`` where the executor runs in this process (it does not pickle)."""
+    if progress is not None and isinstance(executor, LocalExecutor):
+        return functools.partial(execute_run, progress=progress)
+    return execute_run
 
 
 def store_path(store: str | os.PathLike, spec: RunSpec) -> Path:
@@ -130,8 +137,7 @@ class Evaluator:
         self.log = log if log is not None else RunLog(None, setup.context())
         self.progress = progress
         self.backbone: Backbone = get_backbone(setup.backbone)
-        self.fn = functools.partial(execute_run, progress=progress) \
-            if progress is not None and isinstance(self.executor, LocalExecutor) else execute_run
+        self.fn = run_fn(self.executor, progress)
         self._logged_before = set(self.log.runs)
         self._ran: set[str] = set()
         self._reused: set[str] = set()
