@@ -96,19 +96,23 @@ class Cell:
         self.seeds = tuple(range(args.seeds))
         self.setup = SearchSetup(spec, self.data, self.config, seeds=self.seeds)
         self.prefix = work / f"{_slug(source)}_n{n}"
+        self.evaluators: list[Evaluator] = []
         self.val = self.evaluator(self.setup, "val")
         self.cost = SetCost(backbone, (args.size, args.size))
 
     def evaluator(self, setup: SearchSetup, name: str) -> Evaluator:
-        return Evaluator(setup, self.executor, RunLog(f"{self.prefix}_{name}.json", setup.context()))
+        ev = Evaluator(setup, self.executor, RunLog(f"{self.prefix}_{name}.json", setup.context()))
+        self.evaluators.append(ev)
+        return ev
 
-    def _count(self, ev) -> None:
-        self.counts["trained"] += ev.new_runs
-        self.counts["from_log"] += ev.reused_runs
+    def count(self) -> None:
+        """Add the cell's runs to the invocation's counts, once per evaluator (their counters are cumulative)."""
+        for ev in self.evaluators:
+            self.counts["trained"] += ev.new_runs
+            self.counts["from_log"] += ev.reused_runs
 
     def _row(self, ev: Evaluator, units, extra: dict | None = None) -> dict:
         score = ev.score(tuple(units))
-        self._count(ev)
         per_seed = [ev.log.get(sp.key)["accuracy"] for sp in ev.setup.specs(tuple(ev.order(units)))]
         return {"mean": score.mean, "std": score.std, "per_seed": per_seed, "runs": score.runs,
                 "units": list(ev.order(units)), "train_seconds": score.seconds / score.runs,
@@ -131,7 +135,6 @@ class Cell:
                                   f"ft_lr{lr:g}") for lr in self.args.ft_lrs}
         for lr, ev in evs.items():
             sweep[f"{lr:g}"] = ev.score(tuple(self.names)).mean
-            self._count(ev)
         best = max(sweep, key=sweep.get)
         ev = self.evaluator(replace(self.setup, config=replace(self.config, lr=float(best))), f"ft_lr{best}")
         return {"full finetuning": self._row(ev, self.names, {"lr": float(best), "lr_sweep_seed0": sweep})}
@@ -174,6 +177,7 @@ def accuracy_table(args, spec: BackboneSpec, work: Path, log, counts: dict) -> d
             if n in args.siamese_at:
                 row.update(cell.siamese())
             row.update(cell.full_finetune())
+            cell.count()
             row.update(data=source, train_samples=n or "all", train_samples_count=cell.n_train,
                        val_samples=cell.n_val, epochs=cell.epochs, seconds=time.perf_counter() - t0)
             report.setdefault(source, {})[str(n or "all")] = row
