@@ -2,7 +2,7 @@
 
     python examples/benchmark_suite.py cpu-quick --results bench-out
 
-Suites live in benchmarks/suites/*.toml; pass a path to your own. The report (results.json,
+Suites live in subtune_edge/bench/suites/*.toml; pass a path to your own. The report (results.json,
 report.md, PNG plots) records the device and versions it was measured with.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import load_suite, run_suite
+from subtune_edge.bench import load_suite, run_suite
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,8 +13,8 @@ import argparse
 
 import numpy as np
 
-from exporters import export_tasks
 from subtune_edge import build_fused, load_export, load_tasks
+from subtune_edge.exporters import export_tasks
 from subtune_edge.multitask import backbone_for_tasks
 
 

@@ -7,8 +7,6 @@ behind them are described in ARCHITECTURE.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .backbone import FAMILIES, Backbone, BackboneSpec, create_backbone, load_backbone, split_model
 from .cost import PlanCost, build_fused, plan_cost, unit_costs
 from .data import DataSpec, TaskData, from_arrays, image_folder, load_data, read_image
@@ -21,6 +19,7 @@ from .errors import (
     TaskFileError,
     WeightsError,
 )
+from .exporters import ExportOptions, export_tasks
 from .multitask import MultiTaskModel, SharingPlan, StackedMultiTaskModel, TaskModel, backbone_for_tasks
 from .progress import Event, Progress
 from .runtime import ExportedModel, Manifest, load_export, read_manifest
@@ -44,9 +43,6 @@ from .synthetic import synthetic_task
 from .task import Task, load_task, load_tasks, make_task, save_task, validate_task_name
 from .train import RunRecord, RunResult, RunSpec, TrainConfig, TrainResult, execute_run, train
 
-if TYPE_CHECKING:
-    from exporters import ExportOptions, export_tasks
-
 __all__ = [
     "FAMILIES", "Backbone", "BackboneSpec", "create_backbone", "load_backbone", "split_model",
     "PlanCost", "build_fused", "plan_cost", "unit_costs",
@@ -66,18 +62,3 @@ __all__ = [
     "Task", "load_task", "load_tasks", "make_task", "save_task", "validate_task_name",
 ]
 __version__ = "0.1.0"
-
-# The exporters sit above this package's core (they import it), so importing them here eagerly
-# would make `import exporters` re-enter a half-initialised exporters package; they are loaded on
-# first use instead (PEP 562).
-_LAZY = {"export_tasks": "exporters", "ExportOptions": "exporters"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'subtune_edge' has no attribute {name!r}")

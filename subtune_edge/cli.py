@@ -58,8 +58,8 @@ def _render(exc: SubtuneError, ctx: click.Context) -> str:
     return str(exc)
 
 
-# the packages whose diagnostics the command shows (library code only logs; it never prints)
-LOGGERS = ("subtune_edge", "exporters", "benchmarks")
+# the package whose diagnostics the command shows (library code only logs; it never prints)
+LOGGERS = ("subtune_edge",)
 
 
 class _StderrHandler(logging.Handler):

@@ -26,8 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from benchmarks import BenchConfig, Budget, run_bench, write_report
-from exporters import export_tasks
+from subtune_edge.bench import BenchConfig, Budget, run_bench, write_report
+from subtune_edge.exporters import export_tasks
 
 from .backbone import BackboneSpec, model_args_for_input
 from .cost import PlanCost

@@ -5,9 +5,9 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import BenchConfig, Budget, added_per_task, load_suite, run_bench, summarize, write_report
-from benchmarks.memory import parse_tegrastats
-from benchmarks.suites import available
+from subtune_edge.bench import BenchConfig, Budget, added_per_task, load_suite, run_bench, summarize, write_report
+from subtune_edge.bench.memory import parse_tegrastats
+from subtune_edge.bench.suites import available
 from subtune_edge.cli import main
 from subtune_edge.cost import build_fused, ideal_ratio, plan_from_json
 from subtune_edge.errors import SubtuneError
@@ -78,7 +78,7 @@ def test_ideal_ratio_from_the_manifest_form_of_the_plan_matches_the_plan():
 
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory):
-    from exporters import export_tasks
+    from subtune_edge.exporters import export_tasks
 
     backbone = backbone_for("resnet18")
     tasks = three_depth_tasks(backbone)
@@ -123,7 +123,7 @@ def test_harness_on_ort_and_torch_cpu_writes_a_complete_report(small_export, tmp
 def test_pruned_fused_graph_keeps_only_the_first_k_outputs(small_export):
     import onnx
 
-    from benchmarks import prune_outputs
+    from subtune_edge.bench import prune_outputs
 
     out, tasks, _ = small_export
     pruned = prune_outputs(out / "model.onnx", [tasks[0].name], out.parent / "one.onnx")

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from benchmarks import BenchConfig, Budget, is_results_dir, load_suite, run_bench, run_suite, write_report
-from benchmarks.report import results_schema
+from subtune_edge.bench import BenchConfig, Budget, is_results_dir, load_suite, run_bench, run_suite, write_report
+from subtune_edge.bench.report import results_schema
 from subtune_edge.cli import main
 from subtune_edge.commands.bench import render_results
 from subtune_edge.errors import SubtuneError
@@ -30,7 +30,7 @@ FAST = ["--batch", "1", "--seconds", "0", "--max-tasks", "1", "--threads", "1"]
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
-    from exporters import export_tasks
+    from subtune_edge.exporters import export_tasks
 
     backbone = backbone_for("resnet18")
     names = backbone.unit_names

@@ -46,6 +46,6 @@ def test_library_warnings_are_one_plain_line_on_stderr(capsys):
     logging.getLogger("subtune_edge.search.chosen").info("not shown without -v")
     assert capsys.readouterr().err == "warning: stored run x.safetensors is unusable\n"
     configure_logging(1)
-    logging.getLogger("exporters.export").info("shown with -v")
+    logging.getLogger("subtune_edge.exporters.export").info("shown with -v")
     assert capsys.readouterr().err == "info: shown with -v\n"
     configure_logging(0)

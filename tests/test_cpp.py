@@ -84,7 +84,7 @@ def run_ok(binary: Path, *args, sanitized: bool = False) -> subprocess.Completed
 def export_dir(tmp_path_factory) -> Path:
     """Three tasks leaving the trunk at three depths; one task name is not an identifier, so its
     output name differs (``early-exit`` -> ``early_exit``)."""
-    from exporters import export_tasks
+    from subtune_edge.exporters import export_tasks
 
     backbone = backbone_for("tf_efficientnet_lite0")
     late, middle, early = three_depth_tasks(backbone)
@@ -394,7 +394,7 @@ def test_usage_errors_exit_2(binaries, export_dir, inputs):
 
 def test_grouped_export_runs_in_cpp(binaries, inputs, tmp_path):
     """``export --grouped`` is plain ONNX: the runner runs it and matches Python ONNX Runtime."""
-    from exporters import export_tasks
+    from subtune_edge.exporters import export_tasks
     from subtune_edge.runtime import load_export
     from subtune_edge.synthetic import synthetic_task
 
@@ -416,7 +416,7 @@ def test_grouped_export_runs_in_cpp(binaries, inputs, tmp_path):
 
 def test_modular_tasks_subset_matches_python(binaries, inputs, tmp_path):
     """``--tasks`` on a modular export runs trunk.onnx and only the requested branches; equal to Python's."""
-    from exporters import export_tasks
+    from subtune_edge.exporters import export_tasks
     from subtune_edge.runtime import load_export
 
     backbone = backbone_for("tf_efficientnet_lite0")

@@ -3,8 +3,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.device_costs import measure_device_costs, read_costs
-from benchmarks.harness import Budget
+from subtune_edge.bench.device_costs import measure_device_costs, read_costs
+from subtune_edge.bench.harness import Budget
 from subtune_edge.cli import main
 from subtune_edge.errors import SubtuneError
 

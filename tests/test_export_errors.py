@@ -6,11 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from exporters import export_tasks
-from exporters.verify import Tolerance
 from subtune_edge.backbone import create_backbone
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, SubtuneError, TaskFileError
+from subtune_edge.exporters import export_tasks
+from subtune_edge.exporters.verify import Tolerance
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import save_task
 
@@ -124,7 +124,7 @@ def test_failed_verification_keeps_the_previous_export(tmp_path, monkeypatch):
     out = tmp_path / "out"
     first = export_tasks(tasks, out, batch=(1, 4), verify=False)
     before = (out / "manifest.json").read_text()
-    monkeypatch.setattr("exporters.verification.FP32", Tolerance("impossible", rel=-1.0, tie=0.0))
+    monkeypatch.setattr("subtune_edge.exporters.verification.FP32", Tolerance("impossible", rel=-1.0, tie=0.0))
     with pytest.raises(ExportError) as exc:
         export_tasks(tasks, out, batch=(1, 4), separate=True)
     msg = _one_line(exc)

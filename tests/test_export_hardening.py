@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from exporters import export_tasks
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, SubtuneError, WeightsError
+from subtune_edge.exporters import export_tasks
 from subtune_edge.runtime import Manifest, is_export_dir, load_export, read_manifest
 from subtune_edge.runtime.manifest import MANIFEST, manifest_digest
 from subtune_edge.synthetic import synthetic_task

@@ -6,8 +6,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporters import FP16, compare_outputs, convert_fp16, duplicate_initializers, export_onnx, export_tasks
-from exporters.fp16 import float_casts
+from subtune_edge.exporters import (
+    FP16,
+    compare_outputs,
+    convert_fp16,
+    duplicate_initializers,
+    export_onnx,
+    export_tasks,
+)
+from subtune_edge.exporters.fp16 import float_casts
 from subtune_edge.multitask import MultiTaskModel, TaskModel
 
 from .helpers import SIZE, backbone_for, three_depth_tasks

@@ -1,11 +1,11 @@
-"""benchmarks.gpu_check runs end to end with --cpu-fallback (tiny sizes), so it works the first time on a GPU."""
+"""subtune_edge.bench.gpu_check runs end to end with --cpu-fallback (tiny sizes): it works the first time on a GPU."""
 
 import json
 
 import pytest
 import torch
 
-from benchmarks import gpu_check
+from subtune_edge.bench import gpu_check
 
 
 def test_cpu_fallback_runs_end_to_end(tmp_path):

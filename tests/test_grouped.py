@@ -14,10 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from exporters import export_tasks
 from subtune_edge.cli import main
 from subtune_edge.cost import build_fused
 from subtune_edge.errors import ExportError
+from subtune_edge.exporters import export_tasks
 from subtune_edge.multitask import GroupedMultiTaskModel, MultiTaskModel
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import save_task

@@ -13,12 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from exporters import build_recipe, export_tasks
-from exporters.int8 import branch_nodes, shape_nodes
 from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.cli import main
 from subtune_edge.data import DataSpec, load_data
 from subtune_edge.errors import ExportError
+from subtune_edge.exporters import build_recipe, export_tasks
+from subtune_edge.exporters.int8 import branch_nodes, shape_nodes
 from subtune_edge.runtime import load_export, read_manifest
 from subtune_edge.task import save_task
 from subtune_edge.train import TrainConfig, train

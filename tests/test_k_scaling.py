@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from benchmarks import k_scaling, suites
+from subtune_edge.bench import k_scaling, suites
 
 
 def test_suites_build_trained_like_weights(tmp_path, monkeypatch):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from exporters import export_tasks
-from exporters.modular import MODULAR_FILE, add_tasks, remove_tasks, weight_hashes
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, RuntimeMissingError, TaskFileError
+from subtune_edge.exporters import export_tasks
+from subtune_edge.exporters.modular import MODULAR_FILE, add_tasks, remove_tasks, weight_hashes
 from subtune_edge.io import sha256_file
 from subtune_edge.multitask import TaskModel
 from subtune_edge.runtime import OrtRunner, load_export, missing_reason, read_manifest

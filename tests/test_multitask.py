@@ -175,7 +175,7 @@ def test_stacked_export_matches_the_plain_export(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from exporters import export_tasks
+    from subtune_edge.exporters import export_tasks
 
     backbone = backbone_for("resnet18")
     tasks = three_depth_tasks(backbone)

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from exporters import FP16, FP32, Tolerance, compare_outputs, export_tasks
-from exporters.export import OPTION_NAMES
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError
+from subtune_edge.exporters import FP16, FP32, Tolerance, compare_outputs, export_tasks
+from subtune_edge.exporters.export import OPTION_NAMES
 from subtune_edge.runtime import OrtRunner, load_export, make_runner, read_manifest
 from subtune_edge.task import save_task
 from tests.helpers import SIZE, backbone_for, three_depth_tasks
@@ -163,7 +163,7 @@ try:
     load_export(sys.argv[1], runtime="openvino")
 except RuntimeMissingError as exc:
     out["load_export"] = str(exc)
-from benchmarks.harness import BenchConfig, Harness
+from subtune_edge.bench.harness import BenchConfig, Harness
 out["skipped"] = Harness(sys.argv[1], BenchConfig(backends=["openvino", "ort-cpu"])).skipped()
 print(json.dumps(out))
 """

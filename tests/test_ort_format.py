@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from exporters import FP16, FP32, compare_outputs, export_tasks
-from exporters.ort_format import parse_config
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError
+from subtune_edge.exporters import FP16, FP32, compare_outputs, export_tasks
+from subtune_edge.exporters.ort_format import parse_config
 from subtune_edge.io import sha256_file
 from subtune_edge.runtime import OrtRunner, load_export, read_manifest
 from subtune_edge.runtime.ort_layout import OrtFormat

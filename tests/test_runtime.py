@@ -9,8 +9,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from exporters import export_tasks
 from subtune_edge.errors import ExportError, RuntimeMissingError
+from subtune_edge.exporters import export_tasks
 from subtune_edge.multitask import TaskModel
 from subtune_edge.runtime import ExportedModel, load_export, missing_reason, preprocess
 from subtune_edge.runtime.manifest import manifest_digest

@@ -7,11 +7,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from exporters import build_recipe, export_tasks, profile_shapes
-from exporters.shapes import check_batch, parse_batch
-from exporters.tensorrt import INSTALL_HINT, default_timing_cache, trt_major
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, RuntimeMissingError
+from subtune_edge.exporters import build_recipe, export_tasks, profile_shapes
+from subtune_edge.exporters.shapes import check_batch, parse_batch
+from subtune_edge.exporters.tensorrt import INSTALL_HINT, default_timing_cache, trt_major
 from subtune_edge.runtime import missing_reason
 
 from .helpers import SIZE, backbone_for, three_depth_tasks

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from benchmarks import (
+from subtune_edge.bench import (
     BenchConfig,
     Budget,
     check_results_dir,
@@ -22,10 +22,10 @@ from benchmarks import (
     run_suite,
     write_report,
 )
-from benchmarks.device_costs import is_cost_table, measure_device_costs
-from benchmarks.modular import bench_export as bench_modular
-from benchmarks.modular import write_results as write_modular
-from benchmarks.report import group_rows
+from subtune_edge.bench.device_costs import is_cost_table, measure_device_costs
+from subtune_edge.bench.modular import bench_export as bench_modular
+from subtune_edge.bench.modular import write_results as write_modular
+from subtune_edge.bench.report import group_rows
 
 from ..backbone import create_backbone, model_args_for_input
 from ..errors import SubtuneError
@@ -67,8 +67,8 @@ def _progress():
 
 @click.command()
 @click.argument("export_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--suite", default=None, help="A suite in benchmarks/suites (cpu-quick, desktop-gpu, jetson-orin) or "
-                                            "a .toml path; builds its own export from untrained tasks.")
+@click.option("--suite", default=None, help="A bundled suite (cpu-quick, desktop-gpu, jetson-orin, k-scaling) or a "
+                                            ".toml path; builds its own export from untrained tasks.")
 @click.option("--backend", "backends", default=None,
               help="Comma-separated: torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, "
                    "openvino (CPU, latency hint). "

@@ -10,9 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from exporters import export_tasks
-from exporters.shapes import parse_batch
-from exporters.tensorrt import require_tensorrt
+from subtune_edge.exporters import export_tasks
+from subtune_edge.exporters.shapes import parse_batch
+from subtune_edge.exporters.tensorrt import require_tensorrt
 
 from ..errors import ExportError
 from ..progress import Event

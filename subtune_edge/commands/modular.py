@@ -7,7 +7,7 @@ import json
 import click
 from rich.console import Console
 
-from exporters.modular import add_tasks, remove_tasks
+from subtune_edge.exporters.modular import add_tasks, remove_tasks
 
 from ..errors import ExportError
 from ..progress import Event

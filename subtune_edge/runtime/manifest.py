@@ -10,7 +10,7 @@ sha256 of every listed file and that the ONNX graphs have the input and outputs 
 promises (:mod:`.integrity`). A problem is one :class:`~subtune_edge.errors.ExportError` line
 naming the file, the field and what was expected.
 
-The writing side (hashing a staged folder, building the record) is ``exporters.manifest``; it
+The writing side (hashing a staged folder, building the record) is ``subtune_edge.exporters.manifest``; it
 seals the record with :meth:`Manifest.sealed`, so reader and writer cannot drift.
 """
 

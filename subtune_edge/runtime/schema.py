@@ -1,7 +1,7 @@
 """The manifest's schema rules: constants, the canonical JSON its self-hash covers, field checkers.
 
 Shared by the typed records (:mod:`.records`), the reader (:mod:`.manifest`) and the writer
-(``exporters.manifest``), so that what is written and what is accepted cannot drift.
+(``subtune_edge.exporters.manifest``), so that what is written and what is accepted cannot drift.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Accuracy vs added latency per task: budgeted greedy SubTuning beside the unbudgeted choice.
 
-    python -m benchmarks.latency_front --out benchmarks/results/latency_front
+    python -m subtune_edge.bench.latency_front --out benchmarks/results/latency_front
 
 1. measures the device cost table of ``tf_efficientnet_lite0`` on ``ort-cpu`` (the added latency of
    a task branching at each unit, as the fused graph runs it);
@@ -17,10 +17,10 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks import environment
-from benchmarks.device_costs import measure_device_costs
-from benchmarks.harness import Budget
 from subtune_edge.backbone import BackboneSpec, model_args_for_input
+from subtune_edge.bench import environment
+from subtune_edge.bench.device_costs import measure_device_costs
+from subtune_edge.bench.harness import Budget
 from subtune_edge.data import DataSpec
 from subtune_edge.io import atomic_write_bytes
 from subtune_edge.search import GreedyConfig, RunLog, SearchSetup, greedy_select

@@ -8,8 +8,8 @@ building the backbone and data, the runs, results streamed into a fresh run log.
 alternate (1, 2, 1, 2, ...) so a change in the machine's background load hits both. As a reference
 it also times the same profile in this process with the local executor on all cores' threads.
 
-    python -m benchmarks.ray_scaling                      # writes benchmarks/results/ray_scaling.{json,md}
-    python -m benchmarks.ray_scaling --repeats 1 --epochs 1 --out /tmp/rs   # a quick look
+    python -m subtune_edge.bench.ray_scaling                      # writes benchmarks/results/ray_scaling.{json,md}
+    python -m subtune_edge.bench.ray_scaling --repeats 1 --epochs 1 --out /tmp/rs   # a quick look
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from subtune_edge.search import LocalExecutor, RayExecutor, RunLog, SearchSetup,
 from subtune_edge.train import TrainConfig, get_backbone, get_data
 
 from .environment import cpu_name
-
-ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
+from .settings import RESULTS_DIR
 
 
 def _load() -> list[float] | None:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=2, help="Alternating rounds of (1 worker, 2 workers).")
     p.add_argument("--local", action="store_true",
                    help="Also time the profile in this process (local executor, all cores' threads).")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--out", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     out = Path(args.out)
@@ -254,7 +253,7 @@ def _markdown(res: dict) -> str:
         "worker building the backbone and data once (serial costs), the runs not being equally long (full "
         "finetuning is the longest; the last run can leave a worker idle), and the other jobs on the cores.",
         "",
-        "Written by `python -m benchmarks.ray_scaling`.",
+        "Written by `python -m subtune_edge.bench.ray_scaling`.",
         "",
     ]
     return "\n".join(lines)

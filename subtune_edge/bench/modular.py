@@ -14,8 +14,8 @@ machine hit all of them alike):
 
 Library: :func:`measure_export`; ``bench --modular`` calls it for an export; the issue's numbers::
 
-    python -m benchmarks.modular                 # resnet50 224 (3 tasks on layer4) and the demo model
-    python -m benchmarks.modular --quick         # a small look (resnet18 at 64)
+    python -m subtune_edge.bench.modular                 # resnet50 224 (3 tasks on layer4) and the demo model
+    python -m subtune_edge.bench.modular --quick         # a small look (resnet18 at 64)
 
 Writes ``benchmarks/results/modular/modular.{json,md}`` with the machine and the load.
 """
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters import export_tasks
 from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.exporters import export_tasks
 from subtune_edge.io import atomic_write_text
 from subtune_edge.multitask import BranchPlan, trunk_end
 from subtune_edge.runtime import OrtRunner, read_manifest
@@ -42,10 +42,10 @@ from subtune_edge.synthetic import synthetic_task
 
 from .export_time import load, machine, trained_like_weights
 from .harness import prune_outputs
+from .settings import RESULTS_DIR
 from .stats import summarize
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "modular"
+RESULTS = RESULTS_DIR / "modular"
 TARGETS = {"modular_all_over_fused": 1.03, "subset1_over_fused_subset1": 1.05}
 
 

@@ -1,13 +1,13 @@
 """Export time and file sizes: 3 tasks on resnet50 at 224x224, each tuned on layer4.
 
-Measures ``exporters.export_tasks`` end to end (backbone load, sharing plan with FLOPs, TorchScript
+Measures ``subtune_edge.exporters.export_tasks`` end to end (backbone load, sharing plan with FLOPs, TorchScript
 export with the weight checks, verification of every output against the PyTorch task models in
 ONNX Runtime, hashing, manifest), first as users run it by default (fused graph only), then with
 ``--separate`` for the sizes of the baseline (one full model per task). Writes
 ``benchmarks/results/export_time.{json,md}`` with the machine it ran on.
 
-    python -m benchmarks.export_time            # the issue's measurement (target: < 30 s on 2 cores)
-    python -m benchmarks.export_time --model resnet18 --size 64 --out /tmp/et   # a quick look
+    python -m subtune_edge.bench.export_time            # the issue's measurement (target: < 30 s on 2 cores)
+    python -m subtune_edge.bench.export_time --model resnet18 --size 64 --out /tmp/et   # a quick look
 
 Weights (no network here): timm's seeded random init, with every BatchNorm given trained-like
 statistics (scale ~ N(1, 0.1), shift ~ N(0, 0.1), running variance ~ U(0.5, 1.5)) and saved as a
@@ -31,14 +31,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from exporters import export_tasks
 from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.exporters import export_tasks
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.weights import create_model
 
 from .environment import describe
-
-ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
+from .settings import RESULTS_DIR
 
 
 def machine() -> dict:
@@ -138,7 +137,7 @@ def markdown(result: dict) -> str:
         + ", ".join(f"{i['kind']} x{i['batch']}" for i in s["verification_inputs"]) + ".",
         "",
         f"Machine: {m['cpu']}, {m['cpus_usable']} usable cores ({m.get('torch_threads')} torch threads), "
-        f"{m['platform']}, no GPU used. Written by `python -m benchmarks.export_time`.",
+        f"{m['platform']}, no GPU used. Written by `python -m subtune_edge.bench.export_time`.",
         "",
         "Each export is timed end to end (`export_tasks`: backbone load, sharing plan with FLOPs, TorchScript export "
         "with the weight checks, verification of every output in ONNX Runtime, hashing, manifest). The machine is "
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="BatchNorm statistics: trained-like (default) or timm's random init (zero last scales)")
     parser.add_argument("--repeat", type=int, default=3, help="times the fused export is timed (min and median)")
     parser.add_argument("--note", default="", help="a remark recorded with the result (e.g. what else ran)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run(args.model, args.size, args.units, args.tasks, args.bn_init, args.repeat)

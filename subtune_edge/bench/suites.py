@@ -1,4 +1,4 @@
-"""Declarative benchmark suites (TOML in ``benchmarks/suites/``).
+"""Declarative benchmark suites (TOML in ``subtune_edge/bench/suites/``).
 
 A suite names a backbone, the tasks (which units each tunes), input size, batch sizes, backends
 and budgets. It builds its own export from untrained (synthetic) tasks, because latency and memory
@@ -43,7 +43,7 @@ class SuiteTask:
 
 @dataclass
 class Suite:
-    """A declared benchmark run (one ``benchmarks/suites/*.toml``): model, tasks, settings."""
+    """A declared benchmark run (one ``subtune_edge/bench/suites/*.toml``): model, tasks, settings."""
 
     name: str
     description: str
@@ -96,9 +96,9 @@ def load_suite(name_or_path: str) -> Suite:
                      tasks=tasks, config=config, opset=int(data.get("opset", 17)), fp16=bool(data.get("fp16")),
                      trt=bool(data.get("trt")), bn_init=_bn_init(data.get("bn_init", "timm")))
     except SubtuneError as exc:
-        raise SubtuneError(f"suite {path}: {exc}; see benchmarks/suites/cpu-quick.toml for the fields") from exc
+        raise SubtuneError(f"suite {path}: {exc}; see subtune_edge/bench/suites/cpu-quick.toml for the fields") from exc
     except (KeyError, TypeError, ValueError, AttributeError, tomllib.TOMLDecodeError) as exc:
-        raise SubtuneError(f"suite {path} is malformed ({type(exc).__name__}: {exc}); see benchmarks/suites/"
+        raise SubtuneError(f"suite {path} is malformed ({type(exc).__name__}: {exc}); see subtune_edge/bench/suites/"
                            "cpu-quick.toml for the fields") from exc
 
 

@@ -69,7 +69,7 @@ def check_options(opts: Int8Options) -> None:
 
 
 def options_from(export_options) -> Int8Options:
-    """The :class:`Int8Options` an :class:`~exporters.ExportOptions` asks for."""
+    """The :class:`Int8Options` an :class:`~subtune_edge.exporters.ExportOptions` asks for."""
     o = export_options
     return Int8Options(calibration=tuple(str(c) for c in (o.calibration or ())), samples=int(o.calibration_samples),
                        method=o.calibration_method, min_agreement=float(o.int8_min_agreement),

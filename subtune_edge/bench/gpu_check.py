@@ -5,7 +5,7 @@ One command, under 8 minutes on one data-centre GPU, needing only PyTorch, timm 
 
 1. **Training step**, SubTuning (``layer4``) vs full finetuning: resnet50 224 px, batch 64, AMP
    and channels_last (the trainer's CUDA defaults), with and without the prefix cache
-   (:mod:`benchmarks.cuda_train_step`, the trainer's own :class:`~subtune_edge.train.TrainStep`);
+   (:mod:`subtune_edge.bench.cuda_train_step`, the trainer's own :class:`~subtune_edge.train.TrainStep`);
    median step time and peak GPU memory per variant.
 2. **Inference latency**, resnet50 224 px, 4 tasks, in two settings: every task tuning ``layer4``
    (nothing for ``stacked`` to share) and every task tuning ``layer4.0`` (``layer4.1``/``4.2`` frozen
@@ -19,8 +19,8 @@ One command, under 8 minutes on one data-centre GPU, needing only PyTorch, timm 
 2 tasks, one step; no CUDA graphs), so the script is known to run end to end before it meets a
 GPU; its figures mean nothing.
 
-    python -m benchmarks.gpu_check --out benchmarks/results/gpu-check          # on the GPU machine
-    python -m benchmarks.gpu_check --out /tmp/gpu-check --cpu-fallback          # anywhere
+    python -m subtune_edge.bench.gpu_check --out benchmarks/results/gpu-check          # on the GPU machine
+    python -m subtune_edge.bench.gpu_check --out /tmp/gpu-check --cpu-fallback          # anywhere
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def latency(sizes: dict, device: torch.device) -> list[dict]:
 
 
 def training(sizes: dict, device: torch.device) -> dict:
-    """Part 1 through :mod:`benchmarks.cuda_train_step` (the trainer's own step)."""
+    """Part 1 through :mod:`subtune_edge.bench.cuda_train_step` (the trainer's own step)."""
     args = argparse.Namespace(device=str(device), batch=sizes["train_batch"], size=sizes["size"],
                               steps=sizes["train_steps"], warmup=sizes["train_warmup"], classes=100, no_amp=False,
                               no_channels_last=False)

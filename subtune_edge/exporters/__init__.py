@@ -5,7 +5,7 @@ The building blocks are public so the benchmark harness can export subsets of ta
 
 * :func:`export_onnx` — any module -> checked ONNX (dedup of shared weights, checker, external data)
 * :func:`convert_fp16` — fp16 weights and compute, float32 I/O
-* :mod:`exporters.tensorrt` — TensorRT 10/11 version dispatch, optimization profile, engine build
+* :mod:`subtune_edge.exporters.tensorrt` — TensorRT 10/11 version dispatch, optimization profile, engine build
 * :func:`compare_outputs` — the runtime-agnostic comparator behind verification
 * :func:`write_manifest` — the writing side of the manifest; reading and checking an export is
   :func:`subtune_edge.runtime.read_manifest` (re-exported here with :func:`check_files`)

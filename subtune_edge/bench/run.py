@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from exporters import export_tasks
+from subtune_edge.exporters import export_tasks
 from subtune_edge.io import staged_dir
 from subtune_edge.multitask import backbone_for_tasks, weights_for_tasks
 from subtune_edge.progress import Progress, emit
@@ -87,7 +87,7 @@ def run_suite(suite: Suite, results_dir: str | Path, *, backends: list[str] | No
     only when complete; ``results_dir`` must be new, empty, or an earlier bench's results.
 
     Args:
-        suite: a loaded suite (:func:`~benchmarks.suites.load_suite`).
+        suite: a loaded suite (:func:`~subtune_edge.bench.suites.load_suite`).
         results_dir: the folder for ``export/``, results.json, report.md and the plots.
         backends: override the suite's backends.
         batch_sizes: override the suite's batch sizes.

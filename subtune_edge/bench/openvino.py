@@ -3,7 +3,7 @@
 Two measurements, both with the harness's side-by-side alternation (drift from other load hits
 both sides of a ratio alike):
 
-1. the benchmark protocol (:class:`benchmarks.harness.Harness`) on ``ort-cpu`` and ``openvino``:
+1. the benchmark protocol (:class:`subtune_edge.bench.harness.Harness`) on ``ort-cpu`` and ``openvino``:
    for k = 1..3 the fused graph against k separate full copies, per backend and batch
    (``results.json`` / ``report.md`` / plots, as ``subtune-edge bench`` writes them);
 2. head to head: the same file on ONNX Runtime and on OpenVINO, alternated round by round, for
@@ -11,11 +11,11 @@ both sides of a ratio alike):
    directly (``head_to_head.json``, a table in ``head_to_head.md``).
 
 The tasks are tuned on ``layer4`` with trained-like BatchNorm statistics
-(:func:`benchmarks.export_time.trained_like_weights`). OpenVINO runs with ``PERFORMANCE_HINT``
+(:func:`subtune_edge.bench.export_time.trained_like_weights`). OpenVINO runs with ``PERFORMANCE_HINT``
 ``LATENCY``, ``INFERENCE_NUM_THREADS`` = ``--threads`` and ``INFERENCE_PRECISION_HINT`` ``f32``;
 ONNX Runtime with ``intra_op_num_threads`` = ``--threads`` and spinning off (as the harness runs it).
 
-    python -m benchmarks.openvino --out benchmarks/results/openvino
+    python -m subtune_edge.bench.openvino --out benchmarks/results/openvino
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters import export_tasks
 from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.exporters import export_tasks
 from subtune_edge.io import atomic_write_json, atomic_write_text
 from subtune_edge.runtime import OpenVinoRunner, OrtRunner, read_manifest
 from subtune_edge.synthetic import synthetic_task
@@ -37,8 +37,7 @@ from .export_time import load, machine, model_parser, trained_like_weights, with
 from .harness import BenchConfig, Budget, measure_pair
 from .report import write_files
 from .run import run_bench
-
-ROOT = Path(__file__).resolve().parents[1]
+from .settings import RESULTS_DIR
 
 
 def build_export(model: str, size: int, units: str, n_tasks: int, out: Path, tmp: Path) -> Path:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-to-head-only", action="store_true",
                         help="rerun only the head-to-head measurement (the protocol's results.json stays)")
     parser.add_argument("--note", default="")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "openvino")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "openvino")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
     budget = Budget(warmup=args.warmup, min_runs=args.min_runs, max_runs=60, seconds=args.seconds)

@@ -4,6 +4,7 @@ the :class:`Budget` that says when one measurement point stops."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from subtune_edge.errors import SubtuneError
 
@@ -96,3 +97,6 @@ class BenchConfig:
 VARIANTS = ("compile", "graphs")
 #: per precision: the fused file, and the manifest field naming each task's separate copy
 PRECISIONS = {"fp32": ("model.onnx", "separate"), "int8": ("model.int8.onnx", "separate_int8")}
+#: where the measurement scripts write by default: relative to the working directory, so that a run from
+#: the checkout updates the committed ``benchmarks/results/`` (and an installed package never writes into itself)
+RESULTS_DIR = Path("benchmarks") / "results"

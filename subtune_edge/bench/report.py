@@ -239,7 +239,7 @@ def write_report(results: dict, out_dir: str | Path, *, param: str = "out_dir") 
     bench's results (:func:`is_results_dir`); anything else is refused, never emptied.
 
     Args:
-        results: results.json's content (:func:`~benchmarks.run.run_bench`).
+        results: results.json's content (:func:`~subtune_edge.bench.run.run_bench`).
         out_dir: the results folder.
         param: the parameter naming ``out_dir``, for messages (the CLI passes its own).
 

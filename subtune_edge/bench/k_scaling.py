@@ -1,6 +1,6 @@
 """Cost as the work grows: k = 1, 2, 4, 8, 16 tasks, plain vs grouped vs stacked branches, ORT CPU.
 
-Reads the ``[k_scaling]`` table of ``benchmarks/suites/k-scaling.toml``: for each model (resnet50
+Reads the ``[k_scaling]`` table of ``subtune_edge/bench/suites/k-scaling.toml``: for each model (resnet50
 224 on ``layer4``, EfficientNet-Lite0 224 on its last two units), ``k`` synthetic tasks tuning the
 same units on trained-like weights (BatchNorm statistics like a trained network's, so no folded
 convolution is all zeros and weight dedup cannot flatter the fused file). For each ``k`` it exports
@@ -8,15 +8,15 @@ the plain fused graph and the grouped one (``export --grouped``; one export per 
 16-task grouped branch pruned to 4 outputs would still compute 16 groups), and measures them
 alternately in one process on the same staged input (the harness's ``measure_pair``); at ``k = 1``
 the fused graph is timed against the separate full model. Resident memory of each ONNX Runtime
-session is measured in a fresh process (``benchmarks.memprobe``). The FLOPs-ideal latency is
+session is measured in a fresh process (``subtune_edge.bench.memprobe``). The FLOPs-ideal latency is
 ``L_plain(1) * FLOPs(k) / FLOPs(1)`` from the export's sharing plan.
 
 ``stacked`` (``export --stacked``) batches frozen units that several branches share after their
 branch points; tasks that tune every unit from their branch point on share none, so its graph is
 the plain graph: the sweep checks that (same ops, same weights) and reports plain's figures for it.
 
-    python -m benchmarks.k_scaling --out benchmarks/results/k-scaling
-    python -m benchmarks.k_scaling --quick --out /tmp/ks     # resnet18 / lite0 at 64 px, k <= 4
+    python -m subtune_edge.bench.k_scaling --out benchmarks/results/k-scaling
+    python -m subtune_edge.bench.k_scaling --quick --out /tmp/ks     # resnet18 / lite0 at 64 px, k <= 4
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporters import export_tasks
 from subtune_edge.backbone import create_backbone, model_args_for_input
+from subtune_edge.exporters import export_tasks
 from subtune_edge.io import atomic_write_json, atomic_write_text
 from subtune_edge.runtime import make_runner
 from subtune_edge.synthetic import synthetic_task
@@ -44,12 +44,12 @@ from subtune_edge.synthetic import synthetic_task
 from .export_time import load, machine, trained_like_weights
 from .harness import Budget, measure_pair
 from .memprobe import probe
+from .settings import RESULTS_DIR
 from .stats import summarize
 from .suites import SUITES_DIR, tomllib
 from .tables import section
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(quick: bool) -> dict:
@@ -285,7 +285,7 @@ def plot(results: dict, path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "k-scaling"))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "k-scaling"))
     parser.add_argument("--quick", action="store_true", help="small models at 64 px, k <= 4 (a smoke run)")
     parser.add_argument("--models", default=None, help="comma-separated backbones of the suite to run (default all)")
     parser.add_argument("--ks", default=None, help="comma-separated k values (default the suite's; keep 1: the base)")

@@ -3,10 +3,10 @@
 Inside the benchmark process, memory freed by one measurement point is reused by the next, so
 RSS growth there says little. A child process that only imports onnxruntime, creates the
 sessions, runs each once and reports its RSS gives a clean number per side. This file is run as
-a script (``python benchmarks/memprobe.py ...``) and imports nothing of subtune-edge, so the
+a script (``python subtune_edge/bench/memprobe.py ...``) and imports nothing of subtune-edge, so the
 child does not pay for PyTorch::
 
-    python benchmarks/memprobe.py ort-cpu 8 3,224,224 2 fused_3.onnx
+    python subtune_edge/bench/memprobe.py ort-cpu 8 3,224,224 2 fused_3.onnx
 """
 
 from __future__ import annotations

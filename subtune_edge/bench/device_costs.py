@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters import export_onnx
 from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.cost import branch_flops, branch_units, unit_costs
 from subtune_edge.errors import SubtuneError
+from subtune_edge.exporters import export_onnx
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import make_runner, require

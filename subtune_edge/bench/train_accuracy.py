@@ -28,7 +28,7 @@ full finetuning       every unit; learning rate swept (``--ft-lrs``) on the firs
 Runs go through the library (:mod:`subtune_edge.search`: run logs in ``--work``, so an interrupted
 benchmark resumes where it stopped; a process executor with ``--workers`` one-thread workers).
 
-    python -m benchmarks.train_accuracy         # writes benchmarks/results/train_accuracy.{md,json,png}
+    python -m subtune_edge.bench.train_accuracy         # writes benchmarks/results/train_accuracy.{md,json,png}
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ from subtune_edge.train import TrainConfig, device_name, get_backbone, get_data
 
 from .cuda_train_step import prepare, summary
 from .environment import describe
-
-ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
+from .settings import RESULTS_DIR
 
 METHODS = ["linear probe", "SubTuning (last 1)", "SubTuning (last 3)", "greedy SubTuning", "greedy (both)",
            "Siamese SubTuning (last 3)", "full finetuning"]
@@ -410,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--time-steps", type=int, default=0, help="also time N training steps per variant (0: skip)")
     p.add_argument("--note", default=None, help="a sentence to print with the results (e.g. about the machine)")
     p.add_argument("--work", default="/tmp/subtune-edge-train-bench", help="run logs (resumable)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_accuracy"))
+    p.add_argument("--out", default=str(RESULTS_DIR / "train_accuracy"))
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.data = [d.strip() for d in args.data.split(",") if d.strip()]

@@ -4,7 +4,7 @@ Two setups, each 3 tasks, ONNX Runtime CPU with 2 threads, batch 1 and 8, fused 
 fp32 and INT8 measured side by side (the harness alternates fused and separate in one process):
 
 * ``resnet50`` at 224x224: trained-like weights (timm's random init with trained-like BatchNorm
-  statistics, as ``benchmarks.export_time``), 3 synthetic tasks tuning layer4, calibrated on
+  statistics, as ``subtune_edge.bench.export_time``), 3 synthetic tasks tuning layer4, calibrated on
   ``skimage-textures`` crops (their labels are not the tasks', so its gate has agreement only);
 * the demo's ``tf_efficientnet_lite0`` (offline ImageNet weights) at 64x64: digit / parity / ge5
   SubTuned on the bundled digits, so the gate reports accuracy fp32 vs INT8 on their validation split.
@@ -13,8 +13,8 @@ Reported: INT8 fused / fp32 fused latency (target <= 0.6), INT8 fused / INT8 sep
 FLOPs ideal, file sizes, the per-task gate figures. Writes ``benchmarks/results/int8/{results.json,
 README.md}`` with the machine and its load.
 
-    flock /tmp/bench.lock python -m benchmarks.int8                 # both setups
-    python -m benchmarks.int8 --only lite0 --seconds 1 --out /tmp/i8   # a quick look
+    flock /tmp/bench.lock python -m subtune_edge.bench.int8                 # both setups
+    python -m subtune_edge.bench.int8 --only lite0 --seconds 1 --out /tmp/i8   # a quick look
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from pathlib import Path
 
 import torch
 
-from exporters import export_tasks
 from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.data import DataSpec, load_data
+from subtune_edge.exporters import export_tasks
 from subtune_edge.io import atomic_write_bytes
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.train import TrainConfig, train
 
 from .export_time import load, machine, trained_like_weights
 from .harness import BenchConfig, Budget, Harness
+from .settings import RESULTS_DIR
 from .tables import section, table_head
 
-ROOT = Path(__file__).resolve().parents[1]
 DEMO_TASKS = {"digit": ("digits:digit", ["blocks.6.0", "conv_head"]), "parity": ("digits:parity", ["conv_head"]),
               "ge5": ("digits:ge5", ["conv_head"])}
 
@@ -160,11 +160,11 @@ def markdown(results: list[dict], env: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m subtune_edge.bench.int8", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["resnet50", "lite0"], default=None, help="run one setup only")
     parser.add_argument("--seconds", type=float, default=3.0, help="time budget per measurement point")
     parser.add_argument("--activations", default="int8", help="comma-separated: int8 (symmetric), uint8")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "int8"), help="results folder")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "int8"), help="results folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     env = machine()

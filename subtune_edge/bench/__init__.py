@@ -1,6 +1,6 @@
 """The benchmark harness: added latency and memory per task, fused engine vs full-finetuned copies.
 
-``subtune-edge bench`` drives it; ``benchmarks/suites/*.toml`` declare runs; results and the
+``subtune-edge bench`` drives it; ``subtune_edge/bench/suites/*.toml`` declare runs; results and the
 machines they came from live in ``benchmarks/results/``.
 """
 

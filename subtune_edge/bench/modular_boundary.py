@@ -6,7 +6,7 @@ every graph input / output) and at ``ORT_ENABLE_EXTENDED`` (no layout change). T
 of the modular side that does not depend on the level is the fixed cost of the extra ``Run`` calls;
 what grows at ``ORT_ENABLE_ALL`` is the reorders at the taps.
 
-    python -m benchmarks.modular_boundary EXPORT_DIR --batch 1 --seconds 25
+    python -m subtune_edge.bench.modular_boundary EXPORT_DIR --batch 1 --seconds 25
 """
 
 from __future__ import annotations

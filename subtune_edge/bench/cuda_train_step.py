@@ -11,8 +11,8 @@ subtune+cache   the same branch fed with cached prefix outputs: what an epoch co
 
 Targets: SubTuning step <= 40% of full finetuning, <= 25% with the prefix cache.
 
-    python -m benchmarks.cuda_train_step                          # on a CUDA machine
-    python -m benchmarks.cuda_train_step --device cpu --batch 4 --steps 2   # smoke check anywhere
+    python -m subtune_edge.bench.cuda_train_step                          # on a CUDA machine
+    python -m subtune_edge.bench.cuda_train_step --device cpu --batch 4 --steps 2   # smoke check anywhere
 
 (from a checkout, or anywhere subtune-edge is installed).
 
@@ -34,7 +34,7 @@ from subtune_edge.backbone import create_backbone
 from subtune_edge.multitask import TaskModel
 from subtune_edge.train import TrainConfig, TrainStep, amp_dtype, device_name
 
-ROOT = Path(__file__).resolve().parents[1]  # default output: the checkout's benchmarks/results/
+from .settings import RESULTS_DIR
 
 TARGETS = {"subtune": 0.40, "subtune+cache": 0.25}
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "meets_targets": {name: ratios[name] <= TARGETS[name] for name in TARGETS} if device.type == "cuda" else None,
     }
     default = "cuda_train_step.json" if device.type == "cuda" else "cuda_train_step_cpu_smoke.json"
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / default
+    out = Path(args.out) if args.out else RESULTS_DIR / default
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     for name, r in results.items():
