@@ -34,7 +34,7 @@ def test_import_contracts_hold_on_the_tree(tmp_path):
 
 @pytest.mark.parametrize("module, planted", [
     ("subtune_edge/backbone/model.py", "import subtune_edge.exporters.export"),  # core reaching up to the exporters
-    ("subtune_edge/exporters/verify.py", "import subtune_edge.train"),           # exporters reaching into training
+    ("subtune_edge/exporters/verification.py", "import subtune_edge.train"),       # exporters reaching into training
     ("subtune_edge/errors.py", "import subtune_edge.cli"),                       # anything importing the CLI
 ])
 def test_import_contracts_catch_a_planted_violation(tmp_path, module, planted):

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -7,6 +6,7 @@ from click.testing import CliRunner
 
 from subtune_edge.bench import BenchConfig, Budget, added_per_task, load_suite, run_bench, summarize, write_report
 from subtune_edge.bench.memory import parse_tegrastats
+from subtune_edge.bench.report import results_schema
 from subtune_edge.bench.suites import available
 from subtune_edge.cli import main
 from subtune_edge.cost import build_fused, ideal_ratio, plan_from_json
@@ -14,7 +14,7 @@ from subtune_edge.errors import SubtuneError
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "benchmarks" / "results.schema.json").read_text())
+SCHEMA = results_schema()
 
 # Real tegrastats lines: Orin Nano (JetPack 6), AGX Orin 64GB (JetPack 6), Xavier NX (JetPack 5).
 TEGRA_LINES = {

@@ -13,10 +13,18 @@ import pytest
 import torch
 
 from subtune_edge.backbone import create_backbone
-from subtune_edge.exporters import compare_outputs, duplicate_initializers, export_onnx, export_tasks, read_manifest
+from subtune_edge.exporters import (
+    FP16,
+    FP32,
+    Tolerance,
+    compare_outputs,
+    duplicate_initializers,
+    export_onnx,
+    export_tasks,
+    read_manifest,
+)
 from subtune_edge.exporters.onnx_export import PROTOBUF_LIMIT, module_weight_bytes
 from subtune_edge.exporters.shapes import output_name
-from subtune_edge.exporters.verify import FP16, FP32, Tolerance
 from subtune_edge.multitask import MultiTaskModel, TaskModel
 
 from .helpers import SIZE, backbone_for, three_depth_tasks

@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from subtune_edge.backbone import create_backbone
 from subtune_edge.cli import main
 from subtune_edge.errors import ExportError, SubtuneError, TaskFileError
-from subtune_edge.exporters import export_tasks
-from subtune_edge.exporters.verify import Tolerance
+from subtune_edge.exporters import Tolerance, export_tasks
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import save_task
 

@@ -76,9 +76,10 @@ def test_export_verification_on_openvino_is_recorded(ov_export):
     assert {r["file"] for r in ov_results} == set(files)
     assert len(ov_results) == 3 * len(files) and all(r["passed"] for r in ov_results)
     assert {r["tolerance"] for r in ov_results if r["file"] == "model.fp16.onnx"} == {"fp16"}
-    assert ver["openvino"]["config"]["PERFORMANCE_HINT"] == "LATENCY"
-    assert ver["openvino"]["reported"]["INFERENCE_PRECISION_HINT"] == "f32"
-    assert ver["openvino"]["files"] == files
+    settings = ver["runtimes"]["openvino"]
+    assert settings["config"]["PERFORMANCE_HINT"] == "LATENCY"
+    assert settings["reported"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert settings["files"] == files
     if INT8:  # INT8 has no PyTorch tolerance (its gate is against fp32): OpenVINO and .ort against ORT's INT8 run
         for file in ("model.int8.onnx", "model.int8.ort"):
             mine = [r for r in ver["results"] if r["file"] == file and r.get("reference")]
@@ -118,7 +119,7 @@ def test_load_export_on_openvino_runs_a_subset_of_tasks(ov_export):
 
 
 def test_load_export_refuses_openvino_on_another_device(ov_export):
-    with pytest.raises(ExportError, match="OpenVINO runs exports on its CPU device"):
+    with pytest.raises(ExportError, match="openvino runs on cpu; pass device cpu"):
         load_export(ov_export, runtime="openvino", device="cuda")
     with pytest.raises(ExportError, match="unknown runtime 'tflite'"):
         load_export(ov_export, runtime="tflite")
@@ -140,7 +141,7 @@ def test_bench_on_openvino_writes_rows_with_its_settings(ov_export, tmp_path):
         assert settings["config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "1",
                                       "INFERENCE_PRECISION_HINT": "f32"}
         assert settings["reported"]["NUM_STREAMS"] == "1"
-    assert "OpenVINO PERFORMANCE_HINT LATENCY" in (results / "report.md").read_text()
+    assert "runtime settings: PERFORMANCE_HINT LATENCY" in (results / "report.md").read_text()
 
 
 def test_verify_with_refuses_unknown_runtimes_and_no_verification(tmp_path):
@@ -197,7 +198,8 @@ def test_cli_export_ort_format_and_verify_with_openvino(tmp_path):
     out = tmp_path / "out"
     args = ["export", "--tasks", task.name, "--task-dir", str(tmp_path / "tasks"), "--out", str(out), "--json"]
     bad = CliRunner().invoke(main, [*args, "--verify-with", "tflite"])
-    assert bad.exit_code == 2 and "error: cannot verify on 'tflite'; --verify-with takes openvino" in bad.output
+    assert bad.exit_code == 2 and "error: cannot verify on 'tflite'; --verify-with takes ort-cuda, ort-trt, openvino" \
+        in bad.output
     result = CliRunner().invoke(main, [*args, "--ort-format", "--verify-with", "openvino"])
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.output)

@@ -5,7 +5,7 @@ import torch
 
 from subtune_edge.errors import RuntimeMissingError, SubtuneError
 from subtune_edge.multitask import MultiTaskModel
-from subtune_edge.runtime import BACKENDS, OrtRunner, TorchRunner, make_runner, missing_reason, require
+from subtune_edge.runtime import OrtRunner, TorchRunner, make_runner, missing_reason, require, runtime_names
 
 from .helpers import SIZE, backbone_for, three_depth_tasks
 
@@ -52,7 +52,7 @@ def test_missing_input_is_named(fused_onnx):
 
 
 def test_each_backend_is_either_runnable_or_says_why_not():
-    for backend in BACKENDS:
+    for backend in runtime_names():
         reason = missing_reason(backend)
         assert reason is None or len(reason.splitlines()) == 1
     assert missing_reason("ort-cpu") is None and missing_reason("torch-cpu") is None
@@ -62,13 +62,14 @@ def test_each_backend_is_either_runnable_or_says_why_not():
         assert "onnxruntime-gpu" in missing_reason("ort-cuda")
         with pytest.raises(RuntimeMissingError, match="onnxruntime-gpu"):
             require("ort-cuda")
-    assert "unknown backend 'tflite'" in missing_reason("tflite")
+    assert "unknown runtime 'tflite'" in missing_reason("tflite")
+    assert "torch-cpu takes +compile" in missing_reason("torch-cpu+graphs")
 
 
 def test_trt_runner_without_tensorrt_fails_with_the_install_hint(tmp_path):
     reason = missing_reason("trt")
     if reason is None:
         pytest.skip("TensorRT and a GPU are present here")
-    runner = make_runner("trt", plan=tmp_path / "model.plan")
+    runner = make_runner("trt", tmp_path / "model.plan")
     with pytest.raises(RuntimeMissingError, match="trt needs"):
         runner.activate()

@@ -6,9 +6,10 @@ after another". Each supported family has a small adapter (:mod:`.families`) tha
 parts in sequence reproduces ``model(x)`` exactly in eval mode.
 """
 
-from .families import FAMILIES, supported_families
+from .families import FAMILIES, Family, families_where, family_of, get_family, register_family, supported_families
 from .model import Backbone, create_backbone, hash_tensors, load_backbone, split_model
 from .spec import MODEL_ARGS, BackboneSpec, check_model_args, model_args_for_input
 
-__all__ = ["FAMILIES", "MODEL_ARGS", "Backbone", "BackboneSpec", "check_model_args", "create_backbone", "hash_tensors",
-           "load_backbone", "model_args_for_input", "split_model", "supported_families"]
+__all__ = ["FAMILIES", "Family", "families_where", "family_of", "get_family", "register_family", "MODEL_ARGS",
+           "Backbone", "BackboneSpec", "check_model_args", "create_backbone", "hash_tensors", "load_backbone",
+           "model_args_for_input", "split_model", "supported_families"]

@@ -1,13 +1,20 @@
-"""One adapter per model family: how a timm model splits into stem, units, neck, pool and classifier.
+"""One record per model family: how a timm model splits into stem, units, neck, pool and classifier,
+and what the rest of the toolkit may do with it.
+
+A :class:`Family` is the one place that knows a family: its timm class, its adapter, whether it
+trains with the paper's transformer recipe, whether grouped branches can rebuild its units, and
+whether its patch grid (input size) is fixed at creation. Training, grouping and export read these
+fields instead of keeping their own lists of family names.
 
 To add a family: write an adapter returning those parts (the model's own submodules, so no weight
-is copied) and register it in :data:`FAMILIES`; ``tests/test_backbone.py`` checks that running the
-parts in sequence reproduces ``model(x)``.
+is copied) and one :class:`Family` line in :data:`FAMILIES` (or :func:`register_family`);
+``tests/test_backbone.py`` checks that running the parts in sequence reproduces ``model(x)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from timm.models.convnext import ConvNeXt
@@ -104,16 +111,74 @@ def _convnext(model: ConvNeXt) -> dict:
     return dict(stem=model.stem, units=units, neck=model.norm_pre, pool=pool, classifier=head.fc)
 
 
-# One registry, in the spirit of timm's: family name -> (model class, adapter, example models).
-FAMILIES: dict[str, tuple[type, Callable[[nn.Module], dict], tuple[str, ...]]] = {
-    "resnet": (ResNet, _resnet, ("resnet18", "resnet50")),
-    "efficientnet": (EfficientNet, _efficientnet, ("tf_efficientnet_lite0", "efficientnet_b0")),
-    "mobilenetv3": (MobileNetV3, _mobilenetv3, ("mobilenetv3_large_100",)),
-    "vit": (VisionTransformer, _vit, ("vit_tiny_patch16_224", "vit_base_patch16_224")),
-    "convnext": (ConvNeXt, _convnext, ("convnext_atto", "convnext_tiny")),
-}
+@dataclass(frozen=True)
+class Family:
+    """A family of timm models.
+
+    Attributes:
+        name: the family's name, recorded in manifests (``resnet``, ``vit``, ...).
+        model_class: the timm class whose instances this family splits (matched exactly).
+        adapter: ``adapter(model) -> {stem, units, neck, pool, classifier}``.
+        examples: model names, for messages and docs.
+        transformer: trains with the paper's transformer recipe (lr 1e-4, weight decay 5e-5, no
+            channels_last) instead of the CNN one.
+        groupable: grouped branches can rebuild its units as one wider network (the grouper,
+            :func:`subtune_edge.multitask.regroup.group_units`, knows its conv / BatchNorm blocks).
+        fixed_input_size: the input size is fixed when the model is created (a ViT's patch grid), so
+            an export runs only at that size.
+    """
+
+    name: str
+    model_class: type
+    adapter: Callable[[nn.Module], dict]
+    examples: tuple[str, ...]
+    transformer: bool = False
+    groupable: bool = False
+    fixed_input_size: bool = False
+
+
+# One registry, in the spirit of timm's: family name -> its record.
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("resnet", ResNet, _resnet, ("resnet18", "resnet50"), groupable=True),
+    Family("efficientnet", EfficientNet, _efficientnet, ("tf_efficientnet_lite0", "efficientnet_b0"), groupable=True),
+    Family("mobilenetv3", MobileNetV3, _mobilenetv3, ("mobilenetv3_large_100",), groupable=True),
+    Family("vit", VisionTransformer, _vit, ("vit_tiny_patch16_224", "vit_base_patch16_224"), transformer=True,
+           fixed_input_size=True),
+    Family("convnext", ConvNeXt, _convnext, ("convnext_atto", "convnext_tiny")),
+)}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family (a timm class subtune-edge should split); returns it.
+
+    Raises:
+        ValueError: a family of that name is registered already.
+    """
+    if family.name in FAMILIES:
+        raise ValueError(f"a family named '{family.name}' is registered already")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name`` (as a :class:`~.model.Backbone` or a manifest records it).
+
+    Raises:
+        KeyError: no such family.
+    """
+    return FAMILIES[name]
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The family whose class ``model`` is an instance of (exactly), or None."""
+    return next((f for f in FAMILIES.values() if type(model) is f.model_class), None)
+
+
+def families_where(**flags: bool) -> list[str]:
+    """Names of the families whose flags have the given values (``families_where(groupable=True)``)."""
+    return [f.name for f in FAMILIES.values() if all(getattr(f, k) == v for k, v in flags.items())]
 
 
 def supported_families() -> str:
     """The families the adapters split, with example models, for error messages."""
-    return "; ".join(f"{fam} (e.g. {', '.join(ex)})" for fam, (_, _, ex) in FAMILIES.items())
+    return "; ".join(f"{f.name} (e.g. {', '.join(f.examples)})" for f in FAMILIES.values())

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import BackboneError
 from ..weights import create_model
-from .families import FAMILIES, supported_families
+from .families import Family, family_of, get_family, supported_families
 from .spec import BackboneSpec
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,11 @@ class Backbone:
     pool: nn.Module
     classifier: nn.Module
     num_features: int
+
+    @property
+    def family_record(self) -> Family:
+        """The :class:`~.families.Family` record of :attr:`family` (its flags: transformer, groupable, ...)."""
+        return get_family(self.family)
 
     @property
     def name(self) -> str:
@@ -204,12 +209,12 @@ def split_model(model: nn.Module, spec: BackboneSpec) -> Backbone:
     Raises:
         BackboneError: a model of a family subtune-edge cannot split (the message lists the families).
     """
-    for family, (cls, adapter, _) in FAMILIES.items():
-        if type(model) is cls:
-            parts = adapter(model)
-            num_features = parts["classifier"].in_features
-            model.eval()
-            return Backbone(spec=spec, family=family, model=model, num_features=num_features, **parts)
+    family = family_of(model)
+    if family is not None:
+        parts = family.adapter(model)
+        num_features = parts["classifier"].in_features
+        model.eval()
+        return Backbone(spec=spec, family=family.name, model=model, num_features=num_features, **parts)
     raise BackboneError(
         f"'{spec.model_name}' is a {type(model).__name__}, which subtune-edge cannot split into units yet; "
         f"supported families: {supported_families()}")

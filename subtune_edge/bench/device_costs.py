@@ -25,7 +25,7 @@ from subtune_edge.errors import SubtuneError
 from subtune_edge.exporters import export_onnx
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import make_runner, require
+from subtune_edge.runtime import make_runner, parse_backend, require
 from subtune_edge.search.latency import COSTS_FORMAT as FORMAT
 from subtune_edge.search.latency import read_cost_table
 from subtune_edge.synthetic import synthetic_task
@@ -42,7 +42,7 @@ def _runners(backend: str, backbone, trunk, module: MultiTaskModel, size: tuple[
              threads: int | None, work: Path, tag: str):
     """(with-branch runner, trunk-only runner) for one branch point."""
     outputs = ["trunk", "branch"]
-    if backend.startswith("ort"):
+    if parse_backend(backend)[0].consumes == "onnx":
         full = work / f"{tag}.onnx"
         export_onnx(module, full, outputs, size, (batch, batch))
         base = prune_outputs(full, ["trunk"], work / f"{tag}_trunk.onnx")

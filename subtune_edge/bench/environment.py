@@ -12,6 +12,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
+from subtune_edge.runtime import runtimes
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -83,6 +85,7 @@ def describe() -> dict:
         "onnxruntime_providers": ort.get_available_providers(),
         "versions": {d: _version(d) for d in ("subtune-edge", "torch", "timm", "onnx", "onnxruntime",
                                                "onnxruntime-gpu", "tensorrt", "openvino", "numpy")},
+        "runtimes": {s.name: s.version() for s in runtimes()},
     }
 
 

@@ -22,18 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from subtune_edge.cost import ideal_ratio, plan_from_json, size_of
-from subtune_edge.errors import ExportError
+from subtune_edge.errors import ExportError, SubtuneError
 from subtune_edge.multitask import MultiTaskModel, SharingPlan, TaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import Manifest, TaskOutput, make_runner, missing_reason, read_manifest
+from subtune_edge.runtime import Manifest, RuntimeSpec, TaskOutput, make_runner, parse_backend, read_manifest
 
 from .measure import _activate, _Side, measure_pair, prune_outputs
 from .memory import TegrastatsSampler
 from .memprobe import probe
-from .settings import PRECISIONS, VARIANTS, BenchConfig, Budget
+from .settings import PRECISIONS, BenchConfig, Budget
 from .stats import added_per_task, summarize
 
-__all__ = ["PRECISIONS", "VARIANTS", "BenchConfig", "Budget", "Harness", "measure_pair", "prune_outputs"]
+__all__ = ["PRECISIONS", "BenchConfig", "Budget", "Harness", "measure_pair", "prune_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,18 @@ class Harness:
         """The configured backends that cannot run here, each with the reason and what would fix it."""
         out = []
         for backend in self.config.backends:
-            base, _, variant = backend.partition("+")
-            reason = missing_reason(base)
-            if reason is None and variant and (variant not in VARIANTS or not base.startswith("torch")):
-                reason = f"unknown variant '{backend}'; torch backends take +compile or +graphs (CUDA only)"
-            if reason is None and variant == "graphs" and base != "torch-cuda":
-                reason = "CUDA graphs need torch-cuda"
-            if reason is None and backend.startswith("torch") and self.tasks is None:
+            try:
+                spec, variant = parse_backend(backend)
+            except SubtuneError as exc:
+                out.append({"backend": backend, "reason": str(exc)})
+                continue
+            reason = spec.missing()
+            if reason is None and spec.consumes == "module" and self.tasks is None:
                 reason = (f"{backend} needs the task files to build PyTorch modules: pass tasks and backbone "
                           "(`subtune-edge bench --task-dir`)")
-            if reason is None and backend == "trt" and "model.plan" not in self.manifest.files:
-                reason = "trt needs model.plan in the export: re-export with trt=True (`subtune-edge export --trt`)"
+            if reason is None and spec.consumes == "plan" and "model.plan" not in self.manifest.files:
+                reason = (f"{backend} needs model.plan in the export: re-export with trt=True "
+                          "(`subtune-edge export --trt`)")
             if reason:
                 out.append({"backend": backend, "reason": reason})
         return out
@@ -131,13 +132,14 @@ class Harness:
 
     def _sides(self, backend: str, batch: int, k: int, precision: str = "fp32") -> tuple[_Side, _Side]:
         threads = self.config.threads
-        if backend.startswith("ort") or backend == "openvino":
+        spec, _ = parse_backend(backend)
+        if spec.consumes == "onnx":
             fused_path = self._fused_onnx(k, precision)
             sep_paths = [self.export_dir / getattr(t, PRECISIONS[precision][1]) for t in self.measured[:k]]
             fused = _Side([make_runner(backend, fused_path, threads=threads)], fused_path.stat().st_size)
             sep = _Side([make_runner(backend, p, threads=threads) for p in sep_paths],
                         sum(p.stat().st_size for p in sep_paths))
-            if self.memory_probe and backend != "openvino":  # the fresh-process probe runs ONNX Runtime only
+            if self.memory_probe and spec.memory_probe:  # the fresh-process probe runs ONNX Runtime only
                 for side, paths in ((fused, [fused_path]), (sep, sep_paths)):
                     probed = probe(backend, batch, self.input_shape, paths, threads)
                     if probed is None:
@@ -146,22 +148,19 @@ class Harness:
                     else:
                         side.rss_growth, side.rss_source = max(probed["growth"], 0), "fresh process"
             return fused, sep
-        if backend == "trt":
-            raise ExportError("native TensorRT benchmarking of k-task subsets needs one plan per subset; "
-                              "use ort-trt for the k sweep or benchmark model.plan alone")
+        if spec.consumes == "plan":
+            raise ExportError(f"{backend}: benchmarking k-task subsets of a plan needs one plan per subset; "
+                              "use an onnx runtime (ort-trt) for the k sweep or benchmark model.plan alone")
         return self._torch_sides(backend, k)
 
     def _torch_sides(self, backend: str, k: int) -> tuple[_Side, _Side]:
-        variant = backend.split("+")[1] if "+" in backend else ""
-        opts = {"compile": variant == "compile", "cuda_graphs": variant == "graphs"}
-        base = backend.split("+")[0]
         tasks = self.tasks[:k]
         fused_module = MultiTaskModel(self.backbone, tasks)
-        fused = _Side([make_runner(base, module=fused_module, output_names=self.outputs[:k],
-                                   threads=self.config.threads, **opts)], size_of(fused_module).bytes)
+        fused = _Side([make_runner(backend, module=fused_module, output_names=self.outputs[:k],
+                                   threads=self.config.threads)], size_of(fused_module).bytes)
         # Each separate copy owns all its weights, as k shipped full-finetuned models would.
         modules = [copy.deepcopy(TaskModel.from_task(self.backbone, t)) for t in tasks]
-        sep = _Side([make_runner(base, module=m, output_names=[o], threads=self.config.threads, **opts)
+        sep = _Side([make_runner(backend, module=m, output_names=[o], threads=self.config.threads)
                      for m, o in zip(modules, self.outputs[:k])], sum(size_of(m).bytes for m in modules))
         return fused, sep
 
@@ -184,10 +183,11 @@ class Harness:
                 precisions.append(p)
         n = len(self.outputs)
 
-        def onnx_backend(b: str) -> bool:
-            return b.startswith("ort") or b == "openvino"
+        def runs(backend: str, precision: str) -> bool:  # the export's files at this precision, on this runtime
+            spec: RuntimeSpec = parse_backend(backend)[0]
+            return precision == "fp32" or (spec.consumes == "onnx" and precision in spec.precisions)
 
-        points = [(b, p, bs, k) for b in runnable for p in precisions if p == "fp32" or onnx_backend(b)
+        points = [(b, p, bs, k) for b in runnable for p in precisions if runs(b, p)
                   for bs in self.config.batch_sizes for k in range(1, n + 1)]
         rows: list[dict] = []
         rng = np.random.default_rng(self.config.seed)
@@ -228,8 +228,9 @@ class Harness:
         try:
             _activate(fused, feed)
             _activate(sep, feed)
-            if backend == "openvino":  # the compile properties as the compiled model reports them, while active
-                extra["runtime_settings"] = fused.runners[0].settings()
+            settings = fused.runners[0].settings()  # how the runtime runs it, as it reports that while active
+            if settings:
+                extra["runtime_settings"] = settings
             if tegra:
                 with tegra:
                     a, b = measure_pair(fused.runners, sep.runners, self.config.budget)
@@ -245,7 +246,7 @@ class Harness:
                   "fused_gpu_bytes": fused.gpu_bytes, "separate_gpu_bytes": sep.gpu_bytes}
         if tegra:
             memory["tegrastats_peak_ram_mb"] = tegra.peak_ram_mb()
-        onnx_backend = backend.startswith("ort") or backend == "openvino"
+        onnx_backend = parse_backend(backend)[0].consumes == "onnx"
         return {"backend": backend, "batch": batch, "k": k, "tasks": self.task_names[:k],
                 "fused_graph": "pruned" if onnx_backend and k < len(self.manifest.tasks) else
                 "full" if onnx_backend else "module", **extra,

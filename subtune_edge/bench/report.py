@@ -54,10 +54,9 @@ def markdown(results: dict) -> str:
                   "| k | fused ms (p90) | separate ms (p90) | ratio | ideal ratio (FLOPs) | added ms/task fused | "
                   "added ms/task separate | weights MB fused / separate | RSS growth MB fused / separate |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        ov = rows[0].get("runtime_settings") if rows else None
-        if ov:  # OpenVINO's compile properties, as the compiled model reported them
-            props = ov.get("reported") or ov["config"]
-            lines.insert(-2, "OpenVINO " + ", ".join(f"{k} {v}" for k, v in props.items()) + "\n")
+        settings = rows[0].get("runtime_settings") if rows else None
+        if settings:  # how the runtime ran it, as it reported that (OpenVINO: the compiled model's properties)
+            lines.insert(-2, "runtime settings: " + settings_line(settings) + "\n")
         for r in rows:
             m = r["memory"]
             ideal = "-" if r["ideal_ratio_flops"] is None else f"{r['ideal_ratio_flops']:.3f}"
@@ -80,6 +79,12 @@ def markdown(results: dict) -> str:
               "ideal ratio = the same for FLOPs from the export's sharing plan. added ms/task = L(k) - L(k-1).",
               "Fused and separate are measured alternately in the same process on the same input.", ""]
     return "\n".join(lines)
+
+
+def settings_line(settings: dict) -> str:
+    """A runner's settings as one line: OpenVINO's reported (else configured) properties, or each field."""
+    props = settings.get("reported") or settings.get("config") or settings
+    return ", ".join(f"{k} {v}" for k, v in props.items() if not isinstance(v, (dict, list)) or v)
 
 
 def group_rows(results: dict) -> dict[tuple[str, int], list[dict]]:

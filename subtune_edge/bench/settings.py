@@ -54,8 +54,9 @@ class BenchConfig:
     """
 
     backends: list[str] = field(default_factory=lambda: ["ort-cpu"], metadata={
-        "help": "torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, openvino; one missing "
-                "here is skipped with the reason"})
+        "help": "registered runtimes (subtune_edge.runtime.runtime_names(): ort-cpu, ort-cuda, ort-trt, trt, "
+                "openvino, torch-cpu[+compile], torch-cuda[+compile|+graphs], a plug-in's); one missing here is "
+                "skipped with the reason"})
     batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "positive batch sizes"})
     threads: int | None = field(default=None, metadata={"help": "intra-op threads per session; None: runtime's"})
     budget: Budget = field(default_factory=Budget, metadata={"help": "when each measurement point stops"})
@@ -94,7 +95,6 @@ class BenchConfig:
         return asdict(self)
 
 
-VARIANTS = ("compile", "graphs")
 #: per precision: the fused file, and the manifest field naming each task's separate copy
 PRECISIONS = {"fp32": ("model.onnx", "separate"), "int8": ("model.int8.onnx", "separate_int8")}
 #: where the measurement scripts write by default: relative to the working directory, so that a run from

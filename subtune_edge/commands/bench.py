@@ -31,9 +31,15 @@ from ..backbone import create_backbone, model_args_for_input
 from ..errors import SubtuneError
 from ..io import atomic_write_json
 from ..progress import Event
+from ..runtime import runtime_names, runtimes
 from ._options import parse_input_size, split_csv, weights_option
 
 POSITIVE = click.IntRange(min=1)
+
+
+def _backend_names() -> list[str]:
+    """Runtime names as ``--backend`` spells them, variants included (``torch-cuda[+compile|+graphs]``)."""
+    return [s.name + (f"[+{'|+'.join(s.variants)}]" if s.variants else "") for s in runtimes()]
 NON_NEGATIVE_SECONDS = click.FloatRange(min=0)
 
 
@@ -70,8 +76,7 @@ def _progress():
 @click.option("--suite", default=None, help="A bundled suite (cpu-quick, desktop-gpu, jetson-orin, k-scaling) or a "
                                             ".toml path; builds its own export from untrained tasks.")
 @click.option("--backend", "backends", default=None,
-              help="Comma-separated: torch-cpu, torch-cuda[+compile|+graphs], ort-cpu, ort-cuda, ort-trt, trt, "
-                   "openvino (CPU, latency hint). "
+              help="Comma-separated registered runtimes: " + ", ".join(_backend_names()) + " (and plug-ins'). "
                    "Default: the suite's, else ort-cpu.")
 @click.option("--batch", "batches", default=None, callback=_ints, help="Comma-separated batch sizes, e.g. 1,8.")
 @click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
@@ -196,7 +201,8 @@ def render_costs(costs: dict, console: Console | None = None) -> None:
 @click.command("profile-device")
 @click.argument("model")
 @click.option("--backend", default="ort-cpu", show_default=True,
-              help="Where to measure: ort-cpu, ort-cuda, ort-trt, torch-cpu, torch-cuda.")
+              help="Where to measure: a registered runtime that runs onnx files or modules ("
+                   + ", ".join(runtime_names("onnx") + runtime_names("module")) + ").")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True, help="Batch size to measure at.")
 @click.option("--input-size", "input_size", default=None, metavar="H,W",
               help="Input resolution; default: the model's pretrained config.")

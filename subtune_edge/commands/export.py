@@ -13,11 +13,13 @@ from rich.table import Table
 from subtune_edge.exporters import export_tasks
 from subtune_edge.exporters.shapes import parse_batch
 from subtune_edge.exporters.tensorrt import require_tensorrt
+from subtune_edge.exporters.verification import verify_with_runtimes
 
 from ..errors import ExportError
 from ..progress import Event
-from ..runtime import Manifest, load_export
+from ..runtime import Manifest, load_export, runtime_names
 from ..runtime.manifest import check_files, check_graph, raise_for_status, read_manifest
+from ..runtime.registry import families
 from ..task import load_tasks
 from ._options import input_size_option, split_csv, task_dir_option, weights_option
 from .model import render_plan
@@ -25,6 +27,14 @@ from .model import render_plan
 
 def _mb(n: int | None) -> str:
     return "" if n is None else f"{n / 1e6:.2f}"
+
+
+def _runtime(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A registered runtime or family, at parse time (plug-ins registered since import count too)."""
+    if value not in runtime_names() and value not in families():
+        raise click.BadParameter(f"'{value}' is neither a runtime ({', '.join(runtime_names())}) nor a family "
+                                 f"({', '.join(families())})")
+    return value
 
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
@@ -84,7 +94,8 @@ def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
               help="Also write model.ort (+ .fp16/.int8 twins) and required_operators.config: ONNX Runtime's mobile "
                    "format, for a reduced-size ONNX Runtime build.")
 @click.option("--verify-with", "verify_with", default="", metavar="RUNTIMES",
-              help="Also verify the fused files on these runtimes (comma-separated): openvino.")
+              help="Also verify the fused files on these registered runtimes (comma-separated): "
+                   + ", ".join(verify_with_runtimes()) + ".")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
 def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size,
            allow_resize: bool, fp16: bool, trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool,
@@ -312,8 +323,9 @@ def _render_modular(console: Console, manifest: Manifest) -> None:
 @click.option("--fp16", is_flag=True, help="Run model.fp16.onnx instead of model.onnx.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Which file to run: model.onnx, model.fp16.onnx or model.int8.onnx (--fp16 = --precision fp16).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
-              help="Run the .onnx file on ONNX Runtime, or on OpenVINO (CPU; needs the 'openvino' extra).")
+@click.option("--runtime", default="onnxruntime", show_default=True, callback=_runtime, metavar="NAME",
+              help="Where to run the file: a runtime family (onnxruntime: --device picks CPU or CUDA; openvino; "
+                   "tensorrt) or a registered runtime by name (" + ", ".join(runtime_names()) + ", a plug-in's).")
 @click.option("--ort-format", "ort_format", is_flag=True,
               help="Run model.ort (ONNX Runtime's mobile format, exported with --ort-format) instead of model.onnx.")
 @click.option("--tasks", "task_filter", default=None, metavar="A,C",

@@ -11,6 +11,7 @@ The building blocks are public so the benchmark harness can export subsets of ta
   :func:`subtune_edge.runtime.read_manifest` (re-exported here with :func:`check_files`)
 """
 
+from subtune_edge.runtime.compare import FP16, FP32, TF32, OutputComparison, Tolerance, compare_outputs
 from subtune_edge.runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, check_files, read_manifest, require_intact
 
 from .export import ExportOptions, export_tasks
@@ -19,7 +20,6 @@ from .manifest import write_manifest
 from .onnx_export import OnnxReport, check_onnx, duplicate_initializers, export_onnx, module_weight_bytes
 from .shapes import INPUT_NAME, check_batch, output_name, output_names, parse_batch
 from .tensorrt import BuildRecipe, build_engine, build_recipe, profile_shapes, require_tensorrt
-from .verify import FP16, FP32, TF32, OutputComparison, Tolerance, compare_outputs
 
 __all__ = [
     "ExportOptions", "export_tasks",

@@ -22,7 +22,7 @@ from subtune_edge.io import staged_dir
 from subtune_edge.multitask import StackedMultiTaskModel, TaskModel, weights_for_tasks
 from subtune_edge.multitask.grouped import GroupedMultiTaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import is_export_dir, require
+from subtune_edge.runtime import is_export_dir
 from subtune_edge.task import Task
 
 from . import int8 as int8_mod
@@ -35,7 +35,7 @@ from .onnx_export import export_onnx
 from .ort_format import convert_to_ort
 from .shapes import BATCH_DIM, INPUT_NAME, check_batch, output_names
 from .task_input import input_size_for, load_backbone, preprocessing_for, task_size
-from .verification import STAGE, VERIFY_WITH, step, verify_files, verify_openvino, verify_ort_format, verify_plan
+from .verification import STAGE, check_verify_with, step, verify_files, verify_on, verify_ort_format, verify_plan
 
 TORCHSCRIPT_OPSETS = (13, 20)
 
@@ -95,7 +95,8 @@ class ExportOptions:
         "help": "also write model.ort (+ model.fp16.ort / model.int8.ort) and required_operators.config: "
                 "ONNX Runtime's mobile format, verified like the .onnx files"})
     verify_with: tuple[str, ...] = field(default=(), metadata={
-        "help": "runtimes to verify the fused files on besides ONNX Runtime CPU: openvino"})
+        "help": "registered runtimes to verify the fused files on besides ONNX Runtime CPU (openvino, ort-cuda, a "
+                "plug-in's)"})
 
 
 OPTION_NAMES = tuple(f.name for f in fields(ExportOptions))
@@ -143,7 +144,7 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
     timings: dict[str, float] = {}
     if opts.trt:
         trt_mod.require_tensorrt()  # before any other work: a missing TensorRT should cost nothing
-    _check_verify_with(tuple(opts.verify_with), opts.verify)
+    verify_on_specs = check_verify_with(tuple(opts.verify_with), opts.verify)
     if opts.int8:
         int8_mod.check_options(int8_mod.options_from(opts))  # before any work
         if opts.trt and opts.int8_activations != "int8":
@@ -204,8 +205,8 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
         if opts.verify:
             verification, checked = verify_files(backbone, tasks, outs, tasks_by_output, staging, preprocessing, size,
                                             (lo, hi), opts.fp16, opts.separate, images, timings, progress)
-            if "openvino" in opts.verify_with:
-                verify_openvino(staging, verification, checked, tasks_by_output, timings, progress)
+            for spec in verify_on_specs:
+                verify_on(spec, staging, verification, checked, tasks_by_output, timings, progress)
             if ort_record is not None:
                 verify_ort_format(staging, ort_record, verification, checked, tasks_by_output, timings, progress)
         modular_record = None
@@ -250,18 +251,6 @@ def _grouped_record(fused, outs: list[str]) -> dict | None:
         return None
     return {"groups": [[outs[j] for j in members] for members in fused.groups],
             "starts": [fused.plan.branches[members[0]].start_unit for members in fused.groups]}
-
-
-def _check_verify_with(runtimes: tuple[str, ...], verify: bool) -> None:
-    unknown = [r for r in runtimes if r not in VERIFY_WITH]
-    if unknown:
-        raise ExportError(f"cannot verify on '{unknown[0]}'; {{param}} takes {', '.join(VERIFY_WITH)}",
-                          param="verify_with")
-    if runtimes and not verify:
-        raise ExportError("{param} verifies on more runtimes, but verification is off; turn it on or drop them",
-                          param="verify_with")
-    for runtime in runtimes:
-        require(runtime)  # before any work: a missing OpenVINO should cost nothing
 
 
 def _manifest(backbone: Backbone, tasks: list[Task], outs: list[str], size, batch, preprocessing: dict, opset: int,

@@ -43,7 +43,7 @@ def input_size_for(tasks: list[Task], backbone: Backbone, input_size: tuple[int,
     h, w = (int(v) for v in input_size)
     if min(h, w) < 8:
         raise ExportError(f"input size {h}x{w} is too small; pass {{param}} H,W of at least 8", param="input_size")
-    if backbone.family == "vit" and (h, w) != model_size:
+    if backbone.family_record.fixed_input_size and (h, w) != model_size:
         raise ExportError(f"'{backbone.name}' was built for {model_size[0]}x{model_size[1]} inputs (its patch grid "
                           f"is fixed); export at that size, not {h}x{w}")
     others = {size: name for size, name in sizes.items() if size != (h, w)}

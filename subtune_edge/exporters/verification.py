@@ -1,7 +1,8 @@
 """Verification of an export being built: every file against the PyTorch task models.
 
-The comparator (:mod:`.verify`) knows nothing of runtimes; this runs the files on their runners
-(:mod:`subtune_edge.runtime`), collects the outputs and turns failures into one ExportError line.
+The comparator (:mod:`subtune_edge.runtime.compare`) knows nothing of runtimes; this runs the files
+on their runners (any registered runtime, :mod:`subtune_edge.runtime.registry`), collects the outputs
+and turns failures into one ExportError line.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from subtune_edge.backbone import Backbone
 from subtune_edge.errors import ExportError
 from subtune_edge.multitask import TaskModel
 from subtune_edge.progress import Progress, emit
-from subtune_edge.runtime import OpenVinoRunner, OrtRunner, TorchRunner, TrtRunner, missing_reason
+from subtune_edge.runtime import OrtRunner, RuntimeSpec, TorchRunner, get_runtime, make_runner, missing_reason
+from subtune_edge.runtime.compare import FP16, FP32, TF32, Tolerance, compare_outputs
 from subtune_edge.task import Task
 
 from .inputs import InputBatch, verification_batches
 from .shapes import INPUT_NAME
-from .verify import FP16, FP32, TF32, Tolerance, compare_outputs
 
 STAGE = "export"
 
@@ -101,21 +102,51 @@ def verify_plan(staging: Path, recipe, tasks_by_output, verification: dict, chec
     refs, batches = checked
     tol = FP16 if recipe.precision == "fp16" else TF32
     with step("tensorrt-verify", timings, progress, "verifying model.plan"):
-        results = check_runner(TrtRunner(staging / "model.plan"), "model.plan", refs, batches, tol, tasks_by_output)
+        results = check_runner(make_runner("trt", staging / "model.plan"), "model.plan", refs, batches, tol,
+                               tasks_by_output)
     raise_failures(results)
     verification["results"] += results
     return {"passed": True, "tolerance": tol.name}
 
 
-# -- the same checks on other runtimes and formats: OpenVINO, ONNX Runtime's .ort files -----------------------
-#: runtimes an export can also be verified on (``verify_with``), besides ONNX Runtime CPU
-VERIFY_WITH = ("openvino",)
+# -- the same checks on other runtimes and formats: any registered runtime, ONNX Runtime's .ort files ------------
 #: an INT8 QDQ file on another runtime (or as .ort) against the same file in ONNX Runtime CPU: both run the
 #: recorded scales, but a value on a rounding boundary may land one quantization step apart and carry on
 INT8_RUNTIME = Tolerance("int8-runtime", rel=0.1, tie=0.02)
 #: files whose verification is not against PyTorch (the INT8 file passes its own gate against fp32): checked
 #: against ONNX Runtime CPU on the same file instead, with this tolerance
 RUNTIME_ONLY = {"model.int8.onnx": INT8_RUNTIME}
+#: the fused files ``verify_with`` runs on another runtime, where they were written
+FUSED_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
+
+
+def verify_with_runtimes() -> list[str]:
+    """The runtimes ``verify_with`` may name: registered ``onnx`` runtimes that verify (not ONNX Runtime CPU,
+    which every export is verified on already)."""
+    from subtune_edge.runtime import runtimes
+
+    return [s.name for s in runtimes() if s.consumes == "onnx" and s.verifies]
+
+
+def check_verify_with(names: tuple[str, ...], verify: bool) -> list[RuntimeSpec]:
+    """The specs of ``verify_with``, refused before any work when unknown, not verifying, or missing here.
+
+    Raises:
+        ExportError: an unknown runtime, one that cannot verify files, or verification turned off.
+        RuntimeMissingError: a runtime that is not installed (with its install line).
+    """
+    allowed = verify_with_runtimes()
+    unknown = [r for r in names if r not in allowed]
+    if unknown:
+        raise ExportError(f"cannot verify on '{unknown[0]}'; {{param}} takes {', '.join(allowed)}",
+                          param="verify_with")
+    if names and not verify:
+        raise ExportError("{param} verifies on more runtimes, but verification is off; turn it on or drop them",
+                          param="verify_with")
+    specs = [get_runtime(r) for r in names]
+    for spec in specs:
+        spec.require()  # before any work: a missing OpenVINO should cost nothing
+    return specs
 
 
 def _source_tolerances(verification: dict, source: str) -> dict[str, Tolerance]:
@@ -128,7 +159,8 @@ def _source_tolerances(verification: dict, source: str) -> dict[str, Tolerance]:
 
 
 def check_like_source(make, file: str, source: str, verification: dict, checked: tuple,
-                      tasks_by_output: dict[str, str], runtime: str | None = None) -> list[dict]:
+                      tasks_by_output: dict[str, str], runtime: str | None = None,
+                      floor: Tolerance | None = None) -> list[dict]:
     """Run ``file`` (made by ``make(path)``) on the verification inputs with its source file's tolerances.
 
     Args:
@@ -139,6 +171,8 @@ def check_like_source(make, file: str, source: str, verification: dict, checked:
         checked: ``(refs, batches)`` from :func:`verify_files`.
         tasks_by_output: output name -> task name.
         runtime: recorded as each result's ``runtime`` when it is not ONNX Runtime CPU.
+        floor: the runtime's own tolerance: a source tolerance tighter than it is loosened to it
+            (a GPU runtime's TF32 kernels against an fp32 file).
 
     Returns:
         One result per output, like :func:`verify_files`' (``runtime`` added when given).
@@ -146,6 +180,9 @@ def check_like_source(make, file: str, source: str, verification: dict, checked:
     refs, batches = checked
     by_tol: dict[Tolerance, list[str]] = {}
     for output, tol in _source_tolerances(verification, source).items():
+        if floor is not None and floor.rel > tol.rel:
+            tol = floor
+            verification.setdefault("tolerances", {})[tol.name] = tol.to_json()
         by_tol.setdefault(tol, []).append(output)
     if not by_tol and source in RUNTIME_ONLY:  # no PyTorch tolerance: the source file in ONNX Runtime is the reference
         tol = RUNTIME_ONLY[source]
@@ -162,25 +199,33 @@ def check_like_source(make, file: str, source: str, verification: dict, checked:
     return [r | {"runtime": runtime} if runtime else r for r in results]
 
 
-def verify_openvino(staging: Path, verification: dict, checked: tuple, tasks_by_output: dict[str, str],
-                    timings: dict, progress) -> None:
-    """Every fused ONNX file again on OpenVINO (CPU, latency hint, f32 inference precision).
+def verify_on(spec: RuntimeSpec, staging: Path, verification: dict, checked: tuple, tasks_by_output: dict[str, str],
+              timings: dict, progress) -> None:
+    """Every fused ONNX file again on ``spec``'s runtime, with each file's own tolerance (or the runtime's).
 
-    Appends the results (``runtime: "openvino"``) to ``verification`` and records the settings.
+    Appends the results (``runtime: <name>``) to ``verification`` and records the runtime's settings
+    under ``verification["runtimes"][<name>]``.
 
     Raises:
-        ExportError: an output past its file's tolerance on OpenVINO (nothing is written then).
+        ExportError: an output past its tolerance on that runtime (nothing is written then).
     """
-    files = [f for f in ("model.onnx", "model.fp16.onnx", "model.int8.onnx") if (Path(staging) / f).is_file()]
+    files = [f for f in FUSED_FILES if (Path(staging) / f).is_file() and _precision(f) in spec.precisions]
     results: list[dict] = []
-    with step("openvino-verify", timings, progress, "verifying the ONNX files on OpenVINO"):
+    with step(f"{spec.name}-verify", timings, progress, f"verifying the ONNX files on {spec.name}"):
         for file in files:
-            results += check_like_source(lambda rel: OpenVinoRunner(Path(staging) / rel), file, file, verification,
-                                         checked, tasks_by_output, runtime="openvino")
+            results += check_like_source(lambda rel: spec.runner(Path(staging) / rel), file, file, verification,
+                                         checked, tasks_by_output, runtime=spec.name, floor=spec.tolerance)
     raise_failures(results)
     verification["results"] += results
-    with OpenVinoRunner(Path(staging) / "model.onnx") as runner:  # the properties as the compiled model reports them
-        verification["openvino"] = runner.settings() | {"files": files}
+    with spec.runner(Path(staging) / "model.onnx") as runner:  # the settings as the runtime reports them, active
+        verification.setdefault("runtimes", {})[spec.name] = {**runner.settings(), "files": files,
+                                                              "version": spec.version()}
+
+
+def _precision(file: str) -> str:
+    """``model.onnx`` -> fp32, ``model.fp16.onnx`` -> fp16, ``model.int8.onnx`` -> int8."""
+    parts = file.split(".")
+    return parts[-2] if len(parts) > 2 else "fp32"
 
 
 def verify_ort_format(staging: Path, ort_record: dict, verification: dict, checked: tuple,

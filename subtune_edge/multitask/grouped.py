@@ -26,13 +26,13 @@ import logging
 import torch
 from torch import nn
 
-from ..backbone import Backbone
+from ..backbone import Backbone, families_where
 from ..errors import ExportError
 from ..task import Task
 from .fused import MultiTaskModel
-from .regroup import GROUPED_FAMILIES, _PerGroup, group_units
+from .regroup import _PerGroup, group_units
 
-__all__ = ["GROUPED_FAMILIES", "GroupedBranch", "GroupedMultiTaskModel", "group_units", "grouping_key"]
+__all__ = ["GroupedBranch", "GroupedMultiTaskModel", "group_units", "grouping_key"]
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ class GroupedMultiTaskModel(MultiTaskModel):
             if key is not None:
                 by_key.setdefault(key, []).append(j)
         self.groups = [members for members in by_key.values() if len(members) > 1]
-        if self.groups and backbone.family not in GROUPED_FAMILIES:
-            raise ExportError(f"grouped branches are built for {', '.join(GROUPED_FAMILIES)}, not "
+        if self.groups and not backbone.family_record.groupable:
+            raise ExportError(f"grouped branches are built for {', '.join(families_where(groupable=True))}, not "
                               f"{backbone.family}; export without {{param}}", param="grouped")
         self.grouped_tasks = [tasks[j].name for members in self.groups for j in members]
         grouped = []

@@ -17,8 +17,6 @@ from torch import nn
 
 from ..errors import ExportError
 
-#: families whose units :func:`group_units` regroups
-GROUPED_FAMILIES = ("resnet", "efficientnet", "mobilenetv3")
 _CONVS = (nn.Conv2d,)  # Conv2dSame subclasses nn.Conv2d; its forward pads from the (unchanged) kernel
 _STATELESS = (nn.Identity, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
               nn.Flatten, nn.AvgPool2d, nn.MaxPool2d, nn.Dropout, SelectAdaptivePool2d)

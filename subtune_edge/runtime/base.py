@@ -14,68 +14,19 @@ way a deployed app keeps them out (ORT IOBinding, device buffers for TensorRT an
 
 Sessions and engines are created lazily in ``activate()`` so that a runner is cheap to build and
 memory can be measured around activation. A runtime that is not installed is reported by
-:func:`missing_reason` with the install hint, never by an ImportError deep inside. Each runtime
-lives in its own module (:mod:`.onnxruntime`, :mod:`.torch`, :mod:`.tensorrt`);
-:func:`subtune_edge.runtime.factory.make_runner` picks one by backend name.
+:func:`~.registry.missing_reason` with the install hint, never by an ImportError deep inside.
+Each runtime lives in its own module (:mod:`.onnxruntime`, :mod:`.openvino`, :mod:`.tensorrt`,
+:mod:`.torch`) with its :class:`~.registry.RuntimeSpec`; :func:`~.registry.make_runner` picks one
+by name from the registry (:mod:`.registry`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from abc import ABC, abstractmethod
 
 import numpy as np
-import onnxruntime as ort
-import torch
 
-from ..errors import RuntimeMissingError, SubtuneError
-
-BACKENDS = ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-trt", "trt", "openvino")
-#: the install line for OpenVINO, in the message of every place that needs it
-OPENVINO_INSTALL = "pip install 'subtune-edge[openvino]'"
-
-
-def _ort_providers() -> list[str]:
-    return list(ort.get_available_providers())
-
-
-def missing_reason(backend: str) -> str | None:
-    """Why ``backend`` cannot run here, with what to install.
-
-    Args:
-        backend: one of :data:`BACKENDS`.
-
-    Returns:
-        One line naming what is missing, or ``None`` when the backend can run on this machine.
-    """
-    if backend not in BACKENDS:
-        return f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}"
-    if backend in ("torch-cuda", "trt") and not torch.cuda.is_available():
-        return f"{backend} needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here)"
-    if backend == "ort-cuda" and "CUDAExecutionProvider" not in _ort_providers():
-        return "ort-cuda needs onnxruntime-gpu with a CUDA GPU: pip install 'subtune-edge[gpu]'"
-    if backend == "ort-trt" and "TensorrtExecutionProvider" not in _ort_providers():
-        return "ort-trt needs onnxruntime-gpu built with TensorRT and the TensorRT libraries on the library path"
-    if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
-        return ("trt needs TensorRT's Python bindings: pip install 'subtune-edge[trt]' on a desktop GPU, "
-                "or JetPack's python3-libnvinfer on Jetson")
-    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
-        return f"openvino needs OpenVINO's Python package: {OPENVINO_INSTALL}"
-    return None
-
-
-def require(backend: str) -> None:
-    """Refuse a backend this machine cannot run, before any work is spent on it.
-
-    Args:
-        backend: one of :data:`BACKENDS`.
-
-    Raises:
-        RuntimeMissingError: the runtime (or the GPU it needs) is missing; the message says what to install.
-    """
-    reason = missing_reason(backend)
-    if reason:
-        raise RuntimeMissingError(reason)
+from ..errors import SubtuneError
 
 
 class Runner(ABC):
@@ -147,6 +98,11 @@ class Runner(ABC):
 
     def memory(self) -> dict:
         """Runtime-reported memory (bytes) where the runtime reports it; empty otherwise."""
+        return {}
+
+    def settings(self) -> dict:
+        """How the runtime was set up (threads, optimisation level, compile properties), for results
+        files; empty where there is nothing to say."""
         return {}
 
     # -- what each runtime implements -------------------------------------------------------------

@@ -8,9 +8,10 @@ is compared against, so it does exactly what ``exporters/FORMAT.md`` tells an ap
     logits = model(["cat.jpg", "dog.jpg"])          # {"digit": array[2, 10], "parity": ...}
     model.predict(["cat.jpg"], topk=3)              # [{"digit": [("3", 0.91), ...], ...}]
 
-The graph runs on ONNX Runtime (CUDA provider when onnxruntime-gpu sees a GPU, else CPU), on
-the TensorRT plan with ``device="tensorrt"``, on OpenVINO with ``runtime="openvino"`` (CPU), or
-from ONNX Runtime's mobile format with ``format="ort"`` (``model.ort``, exported with ``ort_format``).
+The graph runs on any registered runtime (:mod:`.registry`): ONNX Runtime (CUDA provider when
+onnxruntime-gpu sees a GPU, else CPU), the TensorRT plan with ``device="tensorrt"``, OpenVINO
+with ``runtime="openvino"``, a plug-in's by its name, or ONNX Runtime's mobile format with
+``format="ort"`` (``model.ort``, exported with ``ort_format``).
 """
 
 from __future__ import annotations
@@ -22,21 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError, SubtuneError
-from .base import Runner, missing_reason, require
+from .base import Runner
 from .manifest import Manifest, TaskOutput, read_manifest
 from .modular import ModularRunner
-from .onnxruntime import OrtRunner
-from .openvino import OpenVinoRunner
 from .ort_layout import ort_name
 from .preprocess import preprocess, softmax
-from .tensorrt import TrtRunner
+from .registry import RuntimeSpec, resolve, runtimes
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 #: the ONNX file each precision runs
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-#: what runs the graph: ONNX Runtime (its CPU / CUDA providers, by ``device``) or OpenVINO (CPU)
-RUNTIMES = ("onnxruntime", "openvino")
 #: the file format ONNX Runtime loads: the ``.onnx`` graph or its ``.ort`` twin (ONNX Runtime Mobile)
 FORMATS = ("onnx", "ort")
 #: the export option that writes each optional file, for the message when it is missing
@@ -177,12 +174,22 @@ class ExportedModel:
                 f"tasks={self.task_names})")
 
 
-def _pick_device(device: str) -> str:
+def _runtime_for(runtime: str, device: str) -> RuntimeSpec:
+    """The registered runtime that runs the export: ``device="tensorrt"`` is the plan on TensorRT."""
     if device not in DEVICES:
         raise ExportError(f"unknown {{param}} '{device}'; choose from {', '.join(DEVICES)}", param="device")
-    if device != "auto":
-        return device
-    return "cuda" if missing_reason("ort-cuda") is None else "cpu"
+    try:
+        if device == "tensorrt":
+            spec = resolve("tensorrt" if runtime == "onnxruntime" else runtime, "cuda")
+        else:
+            spec = resolve(runtime, device)
+    except SubtuneError as exc:
+        raise ExportError(exc.template, param=exc.param) from None
+    if spec.consumes == "module":
+        files = ", ".join(s.name for s in runtimes() if s.consumes != "module")
+        raise ExportError(f"{spec.name} runs PyTorch modules built from task files, not an export's files; choose "
+                          f"{{param}} from {files} (benchmark PyTorch with bench --task-dir)", param="runtime")
+    return spec
 
 
 def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
@@ -197,22 +204,25 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
 
     Args:
         path: the export folder.
-        device: ``auto`` (ONNX Runtime's CUDA provider where available, else CPU), ``cpu``,
-            ``cuda``, or ``tensorrt`` (the ``model.plan`` engine).
+        device: ``auto`` (the runtime family's CUDA runtime where it can run here, else its CPU one),
+            ``cpu``, ``cuda``, or ``tensorrt`` (the ``model.plan`` engine on TensorRT).
         precision: ``fp32`` runs ``model.onnx``, ``fp16`` runs ``model.fp16.onnx`` (exported with
             ``fp16=True``), ``int8`` runs ``model.int8.onnx`` (exported with ``int8=True``; each task's
             branch precision and gate figures are in its manifest record, ``tasks[i].int8``).
-        threads: ONNX Runtime intra-op threads (OpenVINO's ``INFERENCE_NUM_THREADS``); ``None`` lets it choose.
+        threads: the runtime's CPU threads (ONNX Runtime intra-op, OpenVINO's ``INFERENCE_NUM_THREADS``);
+            ``None`` lets it choose.
         check_hashes: re-hash the file that will run (turn off only for files you just checked).
-        runtime: ``onnxruntime`` (default) or ``openvino`` (the same ``.onnx`` file compiled by OpenVINO for
-            its CPU device, latency hint; ``device`` must be ``auto`` or ``cpu``).
+        runtime: a registered runtime (``ort-cpu``, ``ort-cuda``, ``openvino``, a plug-in's; see
+            :func:`~subtune_edge.runtime.registry.runtime_names`) or a family that ``device`` picks one
+            of: ``onnxruntime`` (default), ``openvino``, ``tensorrt``.
         format: ``onnx`` (default) or ``ort``: ONNX Runtime loads ``model.ort`` (``model.fp16.ort`` for
             fp16), the mobile-format twin written with ``ort_format=True``.
         tasks: load only these tasks (names or outputs; None: all). On a modular export
             (``modular=True`` at export) only their branch files load and run, and the trunk only
             as deep as they need; on a fused graph the others are still computed, just not returned.
-        modular: run ``trunk.onnx`` + ``branches/`` instead of ``model.onnx`` (fp32 ONNX Runtime on
-            ``cpu`` / ``cuda``); None: when ``tasks`` is given and the export is modular.
+        modular: run ``trunk.onnx`` + ``branches/`` instead of ``model.onnx`` (fp32, on a runtime that
+            runs modular exports: ONNX Runtime CPU / CUDA); None: when ``tasks`` is given and the
+            export is modular.
 
     Returns:
         An :class:`ExportedModel`; use it as a context manager to release the session.
@@ -223,24 +233,19 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
         RuntimeMissingError: the runtime for ``device`` (or OpenVINO) is not installed.
     """
     root = Path(path)
-    device = _pick_device(device)
+    spec = _runtime_for(runtime, device)
     if precision not in PRECISIONS:
         raise ExportError(f"unknown {{param}} '{precision}'; choose fp32, fp16 or int8", param="precision")
-    if runtime not in RUNTIMES:
-        raise ExportError(f"unknown {{param}} '{runtime}'; choose from {', '.join(RUNTIMES)}", param="runtime")
     if format not in FORMATS:
         raise ExportError(f"unknown {{param}} '{format}'; choose onnx or ort", param="format")
-    if runtime == "openvino" and device not in ("auto", "cpu"):
-        raise ExportError(f"OpenVINO runs exports on its CPU device here; pass {{param}} cpu (or auto), not "
-                          f"'{device}'", param="device")
-    if format == "ort" and runtime != "onnxruntime":
-        raise ExportError("the .ort format is ONNX Runtime's own; load it with {param} onnxruntime", param="runtime")
-    if format == "ort" and device == "tensorrt":
-        raise ExportError("the .ort format runs on ONNX Runtime; pass {param} cpu, cuda or auto", param="device")
-    if device == "tensorrt":
-        file = "model.plan"
-    else:
-        file = PRECISION_FILES[precision]
+    if format != "onnx" and format not in spec.formats:  # "onnx" is the default: a plan runtime runs model.plan
+        takes = ", ".join(s.name for s in runtimes() if format in s.formats and s.consumes != "module")
+        raise ExportError(f"{spec.name} does not load .{format} files; load them with {{param}} {takes}",
+                          param="runtime")
+    if spec.consumes != "plan" and precision not in spec.precisions:
+        raise ExportError(f"{spec.name} does not run {precision} files; choose {{param}} from "
+                          f"{', '.join(spec.precisions)}", param="precision")
+    file = "model.plan" if spec.consumes == "plan" else PRECISION_FILES[precision]
     if format == "ort":
         file = ort_name(file)
     manifest = read_manifest(root, verify_files=[file] if check_hashes else False)
@@ -248,21 +253,15 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
         made_by = "ort_format" if file.endswith(".ort") else _MADE_BY.get(file, file)
         raise ExportError(f"{root} has no {file}; re-export with the '{made_by}' option to get it")
     selected = _selected(manifest, tasks)
-    if runtime == "openvino":
-        if modular:
-            raise ExportError("a modular export's trunk and branches run on ONNX Runtime; load it with {param} "
-                              "onnxruntime", param="runtime")
-        require("openvino")
-        return ExportedModel(root, manifest, OpenVinoRunner(root / file, threads=threads), file, selected)
-    if modular or (modular is None and tasks is not None and manifest.modular is not None
-                   and runtime == "onnxruntime" and format == "onnx" and precision == "fp32" and device != "tensorrt"):
-        return _load_modular(root, manifest, selected, device, threads, check_hashes)
-    if device == "tensorrt":
-        require("trt")
-        runner: Runner = TrtRunner(root / file)
-    else:
-        runner = OrtRunner(root / file, device=device, threads=threads)
-    return ExportedModel(root, manifest, runner, file, selected)
+    if modular and not spec.modular:
+        takes = ", ".join(s.name for s in runtimes() if s.modular)
+        raise ExportError(f"a modular export's trunk and branches run on {takes}, not {spec.name}; load it with "
+                          "{param} onnxruntime", param="runtime")
+    if modular or (modular is None and tasks is not None and manifest.modular is not None and spec.modular
+                   and format == "onnx" and precision == "fp32"):
+        return _load_modular(root, manifest, selected, spec, threads, check_hashes)
+    spec.require()
+    return ExportedModel(root, manifest, spec.runner(root / file, threads=threads), file, selected)
 
 
 def _selected(manifest: Manifest, tasks: Sequence[str] | None) -> list[TaskOutput] | None:
@@ -281,19 +280,16 @@ def _selected(manifest: Manifest, tasks: Sequence[str] | None) -> list[TaskOutpu
     return [t for t in manifest.tasks if t.name in wanted]
 
 
-def _load_modular(root: Path, manifest: Manifest, selected: list[TaskOutput] | None, device: str,
+def _load_modular(root: Path, manifest: Manifest, selected: list[TaskOutput] | None, spec: RuntimeSpec,
                   threads: int | None, check_hashes: bool) -> ExportedModel:
     """The modular runner over trunk.onnx and the selected tasks' branch files (only those are hashed)."""
     layout = manifest.modular
     if layout is None:
         raise ExportError(f"{root} is not a modular export (no trunk.onnx); re-export with {{param}}",
                           param="modular")
-    if device not in ("cpu", "cuda"):
-        raise ExportError(f"a modular export runs on ONNX Runtime; pass {{param}} cpu or cuda, not '{device}'",
-                          param="device")
     tasks = selected or list(manifest.tasks)
     if check_hashes:
         read_manifest(root, verify_files=[layout.trunk.file, *(layout.branch(t.output).file for t in tasks)])
-    runner = ModularRunner(root, layout, manifest.input.name, [t.output for t in tasks], device=device,
+    runner = ModularRunner(root, layout, manifest.input.name, [t.output for t in tasks], device=spec.device,
                            threads=threads)
     return ExportedModel(root, manifest, runner, layout.trunk.file, tasks)

@@ -35,9 +35,10 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ExportError
-from .base import Runner, require
+from .base import Runner
 from .modular_layout import ModularLayout, TapRecord
 from .onnxruntime import ort_session
+from .registry import require
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .base import Runner, require
+from .base import Runner
+from .compare import TF32
+from .registry import RuntimeSpec, require
 
 DEVICES = {"cpu": "ort-cpu", "cuda": "ort-cuda", "trt": "ort-trt"}
 
@@ -84,6 +86,12 @@ class OrtRunner(Runner):
         self.session = ort_session(str(self.path), self.providers(), self.threads, self.spinning)
         self._io = self.session.io_binding() if self.device != "cpu" else None
 
+    def settings(self) -> dict:
+        """The session's settings as results record them: providers, threads, optimisation, spinning."""
+        providers = [p if isinstance(p, str) else p[0] for p in self.providers()]
+        return {"onnxruntime": ort.__version__, "providers": providers, "intra_op_threads": self.threads,
+                "graph_optimization_level": "ORT_ENABLE_ALL", "allow_spinning": self.spinning}
+
     def _deactivate(self) -> None:
         self.session = None
         self._io = None
@@ -124,3 +132,40 @@ class OrtRunner(Runner):
         if self._io is not None:
             return dict(zip(self.output_names, self._io.copy_outputs_to_cpu()))
         return dict(self._last or {})
+
+
+def _factory(device: str):
+    def make(source, threads: int | None = None, **options) -> OrtRunner:
+        return OrtRunner(source, device, threads=threads, **options)
+
+    return make
+
+
+def _provider(provider: str, reason: str):
+    def probe() -> str | None:
+        return None if provider in ort.get_available_providers() else reason
+
+    return probe
+
+
+def _version() -> str:
+    return ort.__version__
+
+
+GPU_INSTALL = "pip install 'subtune-edge[gpu]'"
+
+RUNTIMES = (
+    RuntimeSpec("ort-cpu", "onnxruntime", "onnx", _factory("cpu"), install="onnxruntime (a dependency)",
+                formats=("onnx", "ort"), verifies=False, memory_probe=True, modular=True, version=_version,
+                description="ONNX Runtime, CPU execution provider"),
+    RuntimeSpec("ort-cuda", "onnxruntime", "onnx", _factory("cuda"),
+                _provider("CUDAExecutionProvider", f"needs onnxruntime-gpu with a CUDA GPU: {GPU_INSTALL}"),
+                install=GPU_INSTALL, device="cuda", formats=("onnx", "ort"), tolerance=TF32, memory_probe=True,
+                modular=True, version=_version,
+                description="ONNX Runtime, CUDA execution provider (inputs and outputs bound with IOBinding)"),
+    RuntimeSpec("ort-trt", "onnxruntime", "onnx", _factory("trt"),
+                _provider("TensorrtExecutionProvider", "needs onnxruntime-gpu built with TensorRT and the TensorRT "
+                                                       "libraries on the library path"),
+                install=GPU_INSTALL + " and TensorRT", device="cuda", tolerance=TF32, memory_probe=True,
+                version=_version, description="ONNX Runtime, TensorRT execution provider (engine cache per user)"),
+)

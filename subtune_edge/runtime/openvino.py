@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .base import ListedRunner, require
+from .base import ListedRunner
+from .registry import RuntimeSpec, needs_module, package_version, require
 
+#: the install line for OpenVINO, in the message of every place that needs it
+OPENVINO_INSTALL = "pip install 'subtune-edge[openvino]'"
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
@@ -119,9 +122,16 @@ def _onnx_name(port, names: list[str]) -> str:
     return next((n for n in names if n in own), port.get_any_name())
 
 
-def _version() -> str | None:
-    try:
-        import openvino as ov  # optional: OpenVINO installs only with the 'openvino' extra
-    except ImportError:
-        return None
-    return str(ov.__version__)
+_version = package_version("openvino")
+
+
+def _factory(source, threads: int | None = None, **options) -> OpenVinoRunner:
+    return OpenVinoRunner(source, threads=threads, **options)
+
+
+RUNTIMES = (
+    RuntimeSpec("openvino", "openvino", "onnx", _factory, needs_module("openvino", OPENVINO_INSTALL,
+                                                                       "OpenVINO's Python package"),
+                install=OPENVINO_INSTALL, version=_version,
+                description="OpenVINO, CPU device, latency hint, f32 inference precision"),
+)

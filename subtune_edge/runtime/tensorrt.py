@@ -7,7 +7,11 @@ from pathlib import Path
 import torch
 
 from ..errors import RuntimeMissingError
-from .base import ListedRunner, require
+from .base import ListedRunner
+from .compare import TF32
+from .registry import RuntimeSpec, needs_module, package_version, require
+
+TRT_INSTALL = ("pip install 'subtune-edge[trt]' on a desktop GPU, or JetPack's python3-libnvinfer on Jetson")
 
 
 class TrtRunner(ListedRunner):
@@ -83,3 +87,20 @@ class TrtRunner(ListedRunner):
             return {}
         size = getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size
         return {"trt_activation_bytes": int(size), "trt_plan_bytes": self.plan.stat().st_size}
+
+
+def _probe() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here)"
+    return needs_module("tensorrt", TRT_INSTALL, "TensorRT's Python bindings")()
+
+
+def _factory(source, threads: int | None = None, **options) -> TrtRunner:
+    return TrtRunner(source)
+
+
+RUNTIMES = (
+    RuntimeSpec("trt", "tensorrt", "plan", _factory, _probe, install=TRT_INSTALL, device="cuda", formats=("plan",),
+                tolerance=TF32, verifies=False, version=package_version("tensorrt"),
+                description="TensorRT, native: the serialized engine model.plan"),
+)

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from .base import Runner, require
+from .base import Runner
+from .registry import RuntimeSpec, require
 
 
 class TorchRunner(Runner):
@@ -113,3 +114,32 @@ class TorchRunner(Runner):
             return {}
         return {"gpu_max_allocated": int(torch.cuda.max_memory_allocated()),
                 "gpu_max_reserved": int(torch.cuda.max_memory_reserved())}
+
+
+def _cuda_probe() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU visible to PyTorch (torch.cuda.is_available() is False here)"
+    return None
+
+
+def _factory(device: str):
+    def make(source, threads: int | None = None, graphs: bool = False, **options) -> TorchRunner:
+        module, output_names = source
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchRunner(module, output_names, device=device, cuda_graphs=graphs, **options)
+
+    return make
+
+
+def _version() -> str:
+    return torch.__version__
+
+
+RUNTIMES = (
+    RuntimeSpec("torch-cpu", "torch", "module", _factory("cpu"), install="torch (a dependency)", variants=("compile",),
+                verifies=False, version=_version, description="PyTorch eager (+compile: torch.compile) on the CPU"),
+    RuntimeSpec("torch-cuda", "torch", "module", _factory("cuda"), _cuda_probe, install="a CUDA build of torch",
+                device="cuda", variants=("compile", "graphs"), verifies=False, version=_version,
+                description="PyTorch on CUDA: eager, +compile (torch.compile) or +graphs (CUDA-graph replay)"),
+)

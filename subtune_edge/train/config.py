@@ -19,8 +19,6 @@ from ..data import TaskData
 from ..docs import documented
 from ..errors import SubtuneError
 
-TRANSFORMER_FAMILIES = ("vit",)
-
 
 def run_mode(units: list[str] | tuple[str, ...], all_units: list[str] | None = None, siamese: bool = False) -> str:
     """The name a run is recorded under; the run log's keys and the task file's record use it.
@@ -117,7 +115,7 @@ class TrainConfig:
         """
         device = resolve_device(self.device)
         cuda = device.startswith("cuda")
-        transformer = backbone.family in TRANSFORMER_FAMILIES
+        transformer = backbone.family_record.transformer
         probe = not units
         lr = self.lr if self.lr is not None else (1e-2 if probe else 1e-4 if transformer else 1e-3)
         wd = self.weight_decay if self.weight_decay is not None else (5e-5 if transformer and not probe else 1e-2)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from subtune_edge.backbone import Backbone
 from subtune_edge.progress import Progress, emit
+from subtune_edge.runtime.compare import FP32
 from subtune_edge.runtime.modular import ModularRunner
 from subtune_edge.runtime.modular_layout import TRUNK_FILE, ModularLayout, branch_file
 from subtune_edge.task import Task
 
 from ..shapes import INPUT_NAME
 from ..verification import check_runner, raise_failures
-from ..verify import FP32
 from .graphs import export_branch, export_trunk, layout_record
 from .modules import branch_taps
 

@@ -12,6 +12,7 @@ from subtune_edge.io import staged_dir
 from subtune_edge.multitask import BranchPlan, SharingPlan, trunk_end, weights_for_tasks
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import OrtRunner, is_export_dir, read_manifest
+from subtune_edge.runtime.compare import FP32
 from subtune_edge.runtime.modular import ModularRunner
 from subtune_edge.runtime.modular_layout import TRUNK_FILE, ModularLayout, branch_file
 from subtune_edge.task import Task
@@ -22,7 +23,6 @@ from ..onnx_export import file_bytes
 from ..shapes import INPUT_NAME, output_names
 from ..task_input import load_backbone
 from ..verification import check_runner, raise_failures, reference_outputs
-from ..verify import FP32
 from .build import MODULAR_FILE, STAGE, verify_modular
 from .compose import compose_fused
 from .graphs import export_branch, export_trunk, layout_record, weight_hashes
