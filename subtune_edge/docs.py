@@ -35,3 +35,24 @@ def documented(cls: type) -> type:
 def field_help(cls: type, name: str) -> str:
     """The ``help`` text of field ``name`` of dataclass ``cls`` (for a click option's help)."""
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def option(help: str, **cli) -> dict:
+    """A field's metadata: its help text and how the command line spells it.
+
+    The CLI generates its options from these (``subtune_edge.commands._options.dataclass_options``),
+    so a field's name, default and help are declared once.
+
+    Args:
+        help: the one help text (``help()`` and ``--help``).
+        **cli: how the option reads, where it differs from the field: ``flag`` (``--calibration-samples``),
+            ``kw`` (the flat keyword it is given as, default the field's name), ``parse`` (text -> value,
+            raising :class:`~subtune_edge.errors.SubtuneError`), ``csv`` (comma-separated -> tuple),
+            ``multiple`` (repeatable), ``choices``, ``metavar``, ``negate`` (a flag that turns a ``True``
+            default off: ``--no-verify``), ``scale`` (the CLI's value times this: MB -> bytes), ``skip``
+            (no CLI option).
+
+    Returns:
+        ``{"help": help, "cli": cli}``.
+    """
+    return {"help": help, "cli": cli}

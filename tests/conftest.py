@@ -6,7 +6,7 @@ import pytest
 
 from subtune_edge.backbone import Backbone
 
-from .helpers import FAMILY_MODELS, backbone_for
+from .helpers import FAMILY_MODELS, backbone_for, schema_failures
 
 
 @pytest.fixture(params=FAMILY_MODELS)
@@ -17,3 +17,12 @@ def family_backbone(request) -> Backbone:
 @pytest.fixture
 def resnet() -> Backbone:
     return backbone_for("resnet18")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def files_written_follow_their_schemas(tmp_path_factory):
+    """Every task file, manifest, run log, cost table and results.json the suite writes validates against its
+    schema in ``subtune_edge/schema/`` (files a hardening test broke on purpose are marked ``tampered``)."""
+    yield
+    counts, failures = schema_failures(tmp_path_factory.getbasetemp())
+    assert not failures, f"{len(failures)} written file(s) break their schema:\n" + "\n".join(failures[:20])

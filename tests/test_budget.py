@@ -9,6 +9,8 @@ from subtune_edge.search import GreedyConfig, SearchSetup, greedy_select
 from subtune_edge.search.latency import COSTS_FORMAT, LatencyTable, front_report, pareto_front, plot_front
 from subtune_edge.train import TrainConfig
 
+from .helpers import tampered
+
 UNITS = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1"]
 # a made-up device: a branch costs more the earlier it starts
 TABLE = LatencyTable("resnet18", "ort-cpu", 1, "test device", tuple((u, 8.0 - i) for i, u in enumerate(UNITS)))
@@ -70,7 +72,7 @@ GOOD_TABLE = {"format": "subtune-edge.device-costs", "model": "resnet18", "backe
 def test_malformed_cost_tables_are_refused_in_one_line(tmp_path, edit, field):
     good = {**GOOD_TABLE, "format": COSTS_FORMAT}
     path = tmp_path / "costs.json"
-    path.write_text(json.dumps(edit(good)))
+    tampered(path).write_text(json.dumps(edit(good)))
     if field is None:
         assert LatencyTable.read(path).added_ms == (("layer4.1", 1.0),)
         return

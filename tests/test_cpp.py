@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .helpers import SIZE, backbone_for, three_depth_tasks
+from .helpers import SIZE, backbone_for, tampered, three_depth_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "examples" / "cpp" / "scripts" / "build_ci.sh"
@@ -288,6 +288,7 @@ def _replace_model(export: Path, data: bytes, rehash: bool = False) -> None:
 
 def _case(name: str, export_dir: Path, inputs: dict, tmp: Path) -> tuple[list, str]:
     """-> (arguments, what the one error line must say)"""
+    tampered(tmp)  # every case breaks its export on purpose
     model = (export_dir / "model.onnx").read_bytes()
     npy = inputs["npy"]
     if name == "missing export":

@@ -28,7 +28,7 @@ from subtune_edge.runtime.manifest import MANIFEST, manifest_digest
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import save_task
 
-from .helpers import SIZE, backbone_for
+from .helpers import SIZE, backbone_for, tampered
 
 MODEL = "convnext_atto"
 
@@ -146,18 +146,20 @@ def _input_32(m: dict) -> None:
 
 
 BAD_MANIFESTS = [
-    ("batch-empty", _set("batch", []), "'batch' must be a JSON object"),
-    ("batch-zero", _set("batch.min", 0), "'batch.min' must be an integer >= 1"),
-    ("shape-empty", _set("tasks.0.shape", []), "'tasks[0].shape' must be [batch, num_classes]"),
-    ("task-string", _set("tasks", ["x"]), "'tasks[0]' must be a JSON object"),
-    ("tasks-empty", _set("tasks", []), "'tasks' must be a non-empty list"),
-    ("preprocessing-null", _set("preprocessing", None), "'preprocessing' must be a JSON object"),
-    ("mean-string", _set("preprocessing.mean", "x"), "'preprocessing.mean' must be a list of 3 numbers"),
-    ("labels-int", _set("tasks.0.labels", 5), "'tasks[0].labels' must be a list of strings"),
-    ("labels-count", _set("tasks.0.labels", ["a"]), "'tasks[0].labels' must be empty or 2 labels"),
-    ("name-int", _set("tasks.0.name", 123), "'tasks[0].name' must be a non-empty string"),
-    ("classes-str", _set("tasks.0.shape", ["batch", "two"]), "'tasks[0].shape[1]' must be an integer"),
-    ("files-list", _set("files", []), "'files' must be a JSON object"),
+    ("batch-empty", _set("batch", []), "'batch' is a list, expected a JSON object"),
+    ("batch-zero", _set("batch.min", 0), "'batch.min' is a number 0, expected an integer >= 1"),
+    ("shape-empty", _set("tasks.0.shape", []), "'tasks[0].shape' is a list, expected [batch, num_classes]"),
+    ("task-string", _set("tasks", ["x"]), "'tasks[0]' is a string \"x\", expected a JSON object"),
+    ("tasks-empty", _set("tasks", []), "'tasks' is a list, expected a non-empty list"),
+    ("preprocessing-null", _set("preprocessing", None), "'preprocessing' is null, expected a JSON object"),
+    ("mean-string", _set("preprocessing.mean", "x"),
+     "'preprocessing.mean' is a string \"x\", expected a list of 3 numbers"),
+    ("labels-int", _set("tasks.0.labels", 5), "'tasks[0].labels' is a number 5, expected a list of strings"),
+    ("labels-count", _set("tasks.0.labels", ["a"]), "'tasks[0].labels' is a list, expected empty or 2 labels"),
+    ("name-int", _set("tasks.0.name", 123), "'tasks[0].name' is a number 123, expected a non-empty string"),
+    ("classes-str", _set("tasks.0.shape", ["batch", "two"]),
+     "'tasks[0].shape[1]' is a string \"two\", expected an integer >= 1"),
+    ("files-list", _set("files", []), "'files' is a list, expected a JSON object"),
     ("format", _set("format", "other"), "is not a subtune-edge export manifest"),
     ("not-object", lambda m: m.clear() or m.update({"__list__": True}), "is not a subtune-edge export manifest"),
     ("output-not-in-graph", _set("tasks.0.output", "nope"), "has no output 'nope'"),
@@ -168,7 +170,7 @@ BAD_MANIFESTS = [
 
 
 def _write_case(out: Path, dest: Path, edit, reseal: bool = True) -> Path:
-    shutil.copytree(out, dest, copy_function=os.link)  # the ONNX files are only read
+    shutil.copytree(out, tampered(dest), copy_function=os.link)  # the ONNX files are only read
     (dest / MANIFEST).unlink()
     manifest = json.loads((out / MANIFEST).read_text())
     edit(manifest)

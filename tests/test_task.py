@@ -11,7 +11,7 @@ from subtune_edge.errors import TaskFileError
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import FORMAT_VERSION, load_task, load_tasks, resolve_task_path, save_task
 
-from .helpers import SIZE, backbone_for
+from .helpers import SIZE, backbone_for, tampered
 
 
 @pytest.fixture
@@ -59,6 +59,7 @@ def test_edited_tensor_bytes_are_detected(tmp_path, task):
 
 
 def _rewrite_metadata(path, change):
+    tampered(path)
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])

@@ -26,7 +26,7 @@ from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import METADATA_KEY, content_hash, load_task, load_tasks, save_task, validate_task_name
 from subtune_edge.weights import load_state_file
 
-from .helpers import SIZE
+from .helpers import SIZE, tampered
 
 
 @pytest.fixture
@@ -47,6 +47,7 @@ def _read(path):
 
 def _rewrite_metadata(path, change):
     """Replace the task metadata by ``change(meta)`` (which may return a new object or edit in place)."""
+    tampered(path)
     data, n, header = _read(path)
     meta = json.loads(header["__metadata__"][METADATA_KEY])
     new = change(meta)

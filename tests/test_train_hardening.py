@@ -16,7 +16,7 @@ from subtune_edge.search import RunLog
 from subtune_edge.search.runlog import LOG_FORMAT
 from subtune_edge.train import TrainConfig, train
 
-from .helpers import backbone_for
+from .helpers import backbone_for, tampered
 
 COMMON = ["--weights", "random", "--input-size", "32", "--epochs", "1", "--train-samples", "32",
           "--val-samples", "16", "--batch-size", "16", "--no-progress"]
@@ -82,14 +82,15 @@ GOOD_RUN = {"key": "linear-probe|-|seed=0|fold=None", "units": [], "mode": "line
             "accuracy": 0.5, "final_accuracy": 0.5, "best_accuracy": 0.5, "seconds": 1.0, "device": "cpu",
             "epochs": 1, "train_samples": 32, "val_samples": 16, "prefix_cache": True, "history": []}
 BAD_LOGS = {
-    "a list": ([], "expected a JSON object, got list"),
-    "runs a string": (_log("abc"), "'runs' must be an object, got str"),
+    "a list": ([], "not a subtune-edge run log (a list)"),
+    "runs a string": (_log("abc"), "'runs' is a string \"abc\", expected an object"),
     "a run without accuracy": (_log({"k": {k: v for k, v in GOOD_RUN.items() if k != "accuracy"}}),
-                               "run 'k' has no 'accuracy' (expected a number)"),
-    "accuracy a string": (_log({"k": dict(GOOD_RUN, accuracy="high")}), "run 'k': 'accuracy' must be a number"),
-    "a null run": (_log({"k": None}), "run 'k' must be an object, got NoneType"),
-    "context a list": (_log({}, context=[1]), "'context' must be an object, got list"),
-    "extra a string": (_log({}, extra="x"), "'extra' must be an object, got str"),
+                               "'runs.k.accuracy' is missing, expected a number"),
+    "accuracy a string": (_log({"k": dict(GOOD_RUN, accuracy="high")}),
+                          "'runs.k.accuracy' is a string \"high\", expected a number"),
+    "a null run": (_log({"k": None}), "'runs.k' is null, expected an object"),
+    "context a list": (_log({}, context=[1]), "'context' is a list, expected an object"),
+    "extra a string": (_log({}, extra="x"), "'extra' is a string \"x\", expected an object"),
     "another format": ({"format": "x", "runs": {}}, "not a subtune-edge run log"),
     "not JSON": ("{", "unreadable"),
 }
@@ -99,7 +100,7 @@ BAD_LOGS = {
 def test_a_malformed_run_log_is_refused_naming_the_file_and_the_field(tmp_path, case):
     content, expected = BAD_LOGS[case]
     path = tmp_path / "runs.json"
-    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    tampered(path).write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(SubtuneError) as info:
         RunLog(path)
     message = str(info.value)
@@ -113,9 +114,9 @@ def test_a_good_run_log_still_reads():
 
 def test_tune_auto_refuses_a_malformed_log_before_training(tmp_path):
     log = tmp_path / "bad.runs.json"
-    log.write_text(json.dumps(_log({"k": None})))
+    tampered(log).write_text(json.dumps(_log({"k": None})))
     line = _one_line_error(_tune(tmp_path, "--log", str(log), "--candidates", "layer4.1", blocks="auto"))
-    assert line.startswith(f"error: run log {log}") and "run 'k' must be an object" in line
+    assert line.startswith(f"error: run log {log}") and "'runs.k' is null, expected an object" in line
     assert not (tmp_path / "tasks").exists()
 
 

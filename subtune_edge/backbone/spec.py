@@ -8,6 +8,10 @@ from timm.models import is_model_in_modules
 
 from ..docs import documented
 from ..errors import BackboneError
+from ..schema import FileFormat, validate
+
+#: a spec as task files and manifests store it: ``common.schema.json``'s ``$defs/backbone``
+SPEC_FORMAT = FileFormat("common.schema.json#/$defs/backbone", BackboneError, "re-train or re-save the task")
 
 
 def _img_size_ok(v) -> bool:
@@ -80,14 +84,9 @@ class BackboneSpec:
         Raises:
             BackboneError: ``data`` is not such an object, or holds a model argument not allowed.
         """
-        if not isinstance(data, dict) or not isinstance(data.get("model_name"), str):
-            raise BackboneError(f"a backbone spec must be an object with a model_name, not {str(data)[:40]!r}")
+        validate(data, SPEC_FORMAT, "backbone spec")
         weights = data.get("weights", "timm")
-        if not isinstance(weights, str) or not weights:
-            raise BackboneError(f"a backbone spec's weights must be a non-empty string, not {weights!r:.40}")
         model_args = data.get("model_args") or {}
-        if not isinstance(model_args, dict):
-            raise BackboneError(f"a backbone spec's model_args must be an object, not {model_args!r:.40}")
         return cls(data["model_name"], weights, dict(check_model_args(model_args)))
 
 

@@ -26,8 +26,9 @@ from subtune_edge.exporters import export_onnx
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import make_runner, parse_backend, require
+from subtune_edge.schema import validate
 from subtune_edge.search.latency import COSTS_FORMAT as FORMAT
-from subtune_edge.search.latency import read_cost_table
+from subtune_edge.search.latency import COSTS_SCHEMA, read_cost_table
 from subtune_edge.synthetic import synthetic_task
 
 from . import environment
@@ -116,13 +117,19 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
                 "bytes_if_tail_tuned": sum(table[u].bytes for u in tail),
             })
     emit(progress, "profile-device", "done", len(names), len(names))
-    return {
+    return _checked({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": model_name, "weights": weights, "input_size": list(size), "batch": batch, "backend": backend,
         "threads": threads, "budget": asdict(budget), "head_classes": HEAD_CLASSES,
         "environment": environment.describe(),
         "units": rows,
-    }
+    })
+
+
+def _checked(table: dict) -> dict:
+    """The table, refused if its own reader would refuse it (``device-costs.schema.json``)."""
+    validate(table, COSTS_SCHEMA, "cost table being written")
+    return table
 
 
 def is_cost_table(path: str | Path) -> bool:

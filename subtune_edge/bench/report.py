@@ -1,26 +1,25 @@
 """results.json, report.md and PNG plots from one harness run, and the rule for replacing them.
 
 A results folder is replaced whole by the next bench into it, so :func:`is_results_dir` says when a
-folder is one: a results.json valid per ``results.schema.json`` and nothing but the files a report
+folder is one: a results.json valid per ``bench-results.schema.json`` and nothing but the files a report
 writes (and, for a suite, the export it built). Anything else is the user's and is refused.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
-
-import jsonschema
 
 from subtune_edge.errors import SubtuneError
 from subtune_edge.io import atomic_write_json, atomic_write_text, check_replaceable, staged_dir
 from subtune_edge.runtime import is_export_dir
+from subtune_edge.schema import FileFormat, is_valid, load_schema, validate
 
 from .environment import device_label
 
 SCHEMA = "subtune-edge.bench/1"
-SCHEMA_FILE = Path(__file__).parent / "results.schema.json"
+#: results.json's format: ``subtune_edge/schema/bench-results.schema.json``
+BENCH_FORMAT = FileFormat("bench-results.schema.json", SubtuneError, "re-run the benchmark")
 WHAT = "benchmark results"
 PLOTS = ("latency_vs_tasks", "added_latency_per_task")
 REPORT_FILES = ("results.json", "report.md", *(f"{name}.png" for name in PLOTS))
@@ -152,10 +151,9 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     return written
 
 
-@functools.lru_cache(maxsize=1)
 def results_schema() -> dict:
-    """The JSON schema of results.json (``benchmarks/results.schema.json``)."""
-    return json.loads(SCHEMA_FILE.read_text())
+    """The JSON schema of results.json (``subtune_edge/schema/bench-results.schema.json``)."""
+    return load_schema(BENCH_FORMAT.schema)
 
 
 def is_results_dir(path: str | Path) -> bool:
@@ -173,9 +171,10 @@ def is_results_dir(path: str | Path) -> bool:
     path = Path(path)
     try:
         results = json.loads((path / "results.json").read_text())
-        jsonschema.validate(results, results_schema())
         entries = list(path.iterdir())
-    except (OSError, ValueError, jsonschema.ValidationError):
+    except (OSError, ValueError):
+        return False
+    if not is_valid(results, BENCH_FORMAT.schema):
         return False
     for entry in entries:
         if entry.name in REPORT_FILES and entry.is_file() and not entry.is_symlink():
@@ -229,6 +228,7 @@ def write_files(results: dict, out_dir: Path) -> dict[str, str]:
         File names by kind (``json``, ``markdown``, and each plot's name).
     """
     names = {"json": "results.json", "markdown": "report.md"}
+    validate(results, BENCH_FORMAT, "results.json being written")  # a writer never publishes what its reader refuses
     atomic_write_json(out_dir / names["json"], results)
     atomic_write_text(out_dir / names["markdown"], markdown(results))
     for p in plots(results, out_dir):

@@ -55,7 +55,7 @@ def run_bench(export_dir: str | Path, config: BenchConfig, *, tasks=None, backbo
         suite: the suite's description, recorded when a suite runs.
 
     Returns:
-        The content of results.json (valid per ``benchmarks/results.schema.json``).
+        The content of results.json (valid per ``subtune_edge/schema/bench-results.schema.json``).
 
     Raises:
         SubtuneError: bad settings, or an export that is missing, invalid or tampered with.

@@ -3,7 +3,8 @@
 The manifest is the contract with apps (the C++ runner reads it too); its fields are documented
 in ``exporters/FORMAT.md``. Everything that reads an export (``inspect``, ``predict``,
 ``load_export``, the benchmark) goes through :func:`read_manifest`, which checks it once, whole:
-the schema and the type of every field an app relies on (:mod:`.records`, :mod:`.schema`), the
+the type and range of every field an app relies on (``subtune_edge/schema/manifest.schema.json``,
+then the cross-field rules of :mod:`.records`), the
 manifest's own content hash (``manifest_sha256``, so a hand edit of labels or shapes is refused),
 that every ``files`` entry stays inside the folder (checked before anything is opened), the
 sha256 of every listed file and that the ONNX graphs have the input and outputs the manifest
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from ..schema import validate
 from .integrity import check_files, check_graph, inside, raise_for_status, require_intact, selected, unlisted
 from .modular_layout import ModularLayout
 from .ort_layout import OrtFormat
@@ -32,11 +34,11 @@ from .schema import (
     FORMAT,
     FORMAT_VERSION,
     HEX64,
-    INFO_TYPES,
     MANIFEST,
+    MANIFEST_FORMAT,
     SELF_HASH,
-    FieldCheck,
     canonical_json,
+    fail,
     manifest_digest,
     short,
 )
@@ -158,7 +160,6 @@ class Manifest(Mapping):
         Raises:
             ExportError: one line naming the field that is wrong and what was expected.
         """
-        c = FieldCheck(where)
         if not isinstance(data, dict):
             raise ExportError(f"{where} is not a JSON object; re-export")
         if data.get("format") != FORMAT:
@@ -173,7 +174,7 @@ class Manifest(Mapping):
                               "by an older subtune-edge, re-export")
         if digest is not None:
             if not isinstance(digest, str) or not HEX64.match(digest):
-                raise c.fail(SELF_HASH, "a sha256 hex digest", digest)
+                raise fail(where, SELF_HASH, digest, "a sha256 hex digest")
             try:
                 actual = manifest_digest(data)
             except ValueError as exc:  # NaN / Infinity smuggled in
@@ -181,29 +182,23 @@ class Manifest(Mapping):
             if actual != digest:
                 raise ExportError(f"{where} was edited after export (its content no longer matches "
                                   f"'{SELF_HASH}'); re-export or restore the manifest")
+        validate(data, MANIFEST_FORMAT, where)  # every field's type and range: subtune_edge/schema/manifest.schema.json
 
-        backbone = c.obj(c.key(data, "backbone", "backbone"), "backbone")
-        c.string(c.key(backbone, "model_name", "backbone.model_name"), "backbone.model_name")
-        for key in ("weights", "fingerprint", "family"):
-            if backbone.get(key) is not None:
-                c.string(backbone[key], f"backbone.{key}", nonempty=False)
-        input_spec = InputSpec.from_json(c.key(data, "input", "input"), where)
-        batch = BatchRange.from_json(c.key(data, "batch", "batch"), where)
+        # what a schema cannot state: fields that must agree, names that must be distinct, files that must be listed
+        input_spec = InputSpec.from_json(data["input"], where)
+        batch = BatchRange.from_json(data["batch"], where)
         if input_spec.shape[0] != batch.dim:
-            raise c.fail("input.shape[0]", short(batch.dim) + f" for batch {batch.min}..{batch.max}",
-                         input_spec.shape[0])
-        preprocessing = Preprocessing.from_json(c.key(data, "preprocessing", "preprocessing"), where)
+            raise fail(where, "input.shape[0]", input_spec.shape[0], short(batch.dim) +
+                       f" for batch {batch.min}..{batch.max}")
+        preprocessing = Preprocessing.from_json(data["preprocessing"], where)
         if preprocessing.input_size[1:] != input_spec.hw:
             h, w = input_spec.hw
-            raise c.fail("preprocessing.input_size", f"[3, {h}, {w}] like input.shape", list(preprocessing.input_size))
-
-        raw_tasks = c.key(data, "tasks", "tasks")
-        if not isinstance(raw_tasks, list) or not raw_tasks:
-            raise c.fail("tasks", "a non-empty list of task objects", raw_tasks)
-        tasks = tuple(TaskOutput.from_json(t, where, f"tasks[{i}]") for i, t in enumerate(raw_tasks))
+            raise fail(where, "preprocessing.input_size", list(preprocessing.input_size), f"[3, {h}, {w}] like "
+                       "input.shape")
+        tasks = tuple(TaskOutput.from_json(t, where, f"tasks[{i}]") for i, t in enumerate(data["tasks"]))
         for i, t in enumerate(tasks):
             if t.shape[0] != batch.dim:
-                raise c.fail(f"tasks[{i}].shape[0]", short(batch.dim) + " like input.shape[0]", t.shape[0])
+                raise fail(where, f"tasks[{i}].shape[0]", t.shape[0], short(batch.dim) + " like input.shape[0]")
         for attr in ("name", "output"):
             values = [getattr(t, attr) for t in tasks]
             dupes = sorted({v for v in values if values.count(v) > 1})
@@ -211,29 +206,24 @@ class Manifest(Mapping):
                 raise ExportError(f"{where}: two tasks share the {attr} '{dupes[0]}'; re-export")
         if input_spec.name in [t.output for t in tasks]:
             raise ExportError(f"{where}: a task output is named '{input_spec.name}' like the input; re-export")
-
-        opset = c.integer(c.key(data, "opset", "opset"), "opset", 1)
-        raw_files = c.obj(c.key(data, "files", "files"), "files")
-        files = {rel: FileRecord.from_json(rel, rec, where) for rel, rec in raw_files.items()}
+        files = {rel: FileRecord.from_json(rel, rec, where) for rel, rec in data["files"].items()}
         if "model.onnx" not in files:
             raise ExportError(f"{where} lists no model.onnx in 'files'; re-export")
         for i, t in enumerate(tasks):
-            if t.separate is not None and t.separate not in files:
-                raise c.fail(f"tasks[{i}].separate", "a file listed in 'files'", t.separate)
+            for key in ("separate", "separate_int8"):
+                rel = getattr(t, key)
+                if rel is not None and rel not in files:
+                    raise fail(where, f"tasks[{i}].{key}", rel, "a file listed in 'files'")
 
         known = {"format", "format_version", "backbone", "input", "batch", "preprocessing", "tasks", "opset",
                  "files", SELF_HASH}
         info = {k: v for k, v in data.items() if k not in known}
-        for key, types in INFO_TYPES.items():
-            if key in info and not isinstance(info[key], types):
-                raise c.fail(key, " or ".join("null" if t is type(None) else "a JSON " + {
-                    dict: "object", str: "string", bool: "boolean"}[t] for t in types), info[key])
         if info.get("modular") is not None:  # a --modular export: its layout checked like the rest
             ModularLayout.from_json(info["modular"], where, [t.output for t in tasks], files)
         if info.get("ort_format") is not None:  # an --ort-format export: every .ort file it names is listed
             OrtFormat.from_json(info["ort_format"], where, files)
-        return cls(backbone=dict(backbone), input=input_spec, batch=batch, preprocessing=preprocessing,
-                   tasks=tasks, opset=opset, files=files, info=info, manifest_sha256=digest)
+        return cls(backbone=dict(data["backbone"]), input=input_spec, batch=batch, preprocessing=preprocessing,
+                   tasks=tasks, opset=data["opset"], files=files, info=info, manifest_sha256=digest)
 
 
 # -- reading ----------------------------------------------------------------------------------------

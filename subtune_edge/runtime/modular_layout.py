@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 
 from ..errors import ExportError
-from .schema import BATCH_DIM, HEX64, MANIFEST, FieldCheck, batch_dim, safe_relpath
+from .schema import BATCH_DIM, MANIFEST, fail, safe_relpath
 
 TRUNK_FILE = "trunk.onnx"
 BRANCH_DIR = "branches"
@@ -57,20 +57,13 @@ class TapRecord:
                 "dtype": self.dtype}
 
     @classmethod
-    def from_json(cls, data: Any, where: str, name: str) -> TapRecord:
-        c = FieldCheck(where)
-        data = c.obj(data, name)
-        shape = c.key(data, "shape", f"{name}.shape")
-        if not isinstance(shape, list) or len(shape) < 2:
-            raise c.fail(f"{name}.shape", "[batch, ...] (at least 2 dims)", shape)
+    def from_json(cls, data: dict, where: str, name: str) -> TapRecord:
+        """One tap (schema-checked); its name must be its unit's."""
         unit = data.get("unit")
-        tap = c.string(c.key(data, "name", f"{name}.name"), f"{name}.name")
-        if tap != tap_name(None if unit is None else c.string(unit, f"{name}.unit")):
-            raise c.fail(f"{name}.name", f"'{tap_name(unit)}' (named after its unit)", tap)
-        return cls(name=tap, unit=unit, depth=c.integer(c.key(data, "depth", f"{name}.depth"), f"{name}.depth", 0),
-                   shape=(batch_dim(c, shape[0], f"{name}.shape[0]"),
-                          *(c.integer(d, f"{name}.shape[{i + 1}]", 1) for i, d in enumerate(shape[1:]))),
-                   dtype=c.choice(data.get("dtype", "float32"), f"{name}.dtype", ("float32",)))
+        if data["name"] != tap_name(unit):
+            raise fail(where, f"{name}.name", data["name"], f"'{tap_name(unit)}' (named after its unit)")
+        return cls(name=data["name"], unit=unit, depth=data["depth"], shape=tuple(data["shape"]),
+                   dtype=data.get("dtype", "float32"))
 
 
 @dataclass(frozen=True)
@@ -86,16 +79,9 @@ class BranchRecord:
         return {"task": self.task, "output": self.output, "file": self.file, "taps": list(self.taps)}
 
     @classmethod
-    def from_json(cls, data: Any, where: str, name: str) -> BranchRecord:
-        c = FieldCheck(where)
-        data = c.obj(data, name)
-        taps = c.strings(c.key(data, "taps", f"{name}.taps"), f"{name}.taps")
-        if not taps:
-            raise c.fail(f"{name}.taps", "a non-empty list of tap names", list(taps))
-        return cls(task=c.string(c.key(data, "task", f"{name}.task"), f"{name}.task"),
-                   output=c.string(c.key(data, "output", f"{name}.output"), f"{name}.output"),
-                   file=safe_relpath(c.string(c.key(data, "file", f"{name}.file"), f"{name}.file"), where),
-                   taps=taps)
+    def from_json(cls, data: dict, where: str, name: str) -> BranchRecord:
+        return cls(task=data["task"], output=data["output"], file=safe_relpath(data["file"], where),
+                   taps=tuple(data["taps"]))
 
 
 @dataclass(frozen=True)
@@ -114,22 +100,10 @@ class TrunkRecord:
                 "units": self.units, "history": [dict(h) for h in self.history]}
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> TrunkRecord:
-        c = FieldCheck(where)
-        data = c.obj(data, "modular.trunk")
-        digest = c.key(data, "sha256", "modular.trunk.sha256")
-        if not isinstance(digest, str) or not HEX64.match(digest):
-            raise c.fail("modular.trunk.sha256", "a sha256 hex digest", digest)
-        history = data.get("history", [])
-        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-            raise c.fail("modular.trunk.history", "a list of objects", history)
-        return cls(file=safe_relpath(c.string(data.get("file", TRUNK_FILE), "modular.trunk.file"), where),
-                   sha256=digest,
-                   fingerprint=c.string(c.key(data, "fingerprint", "modular.trunk.fingerprint"),
-                                        "modular.trunk.fingerprint", nonempty=False),
-                   version=c.integer(c.key(data, "version", "modular.trunk.version"), "modular.trunk.version", 1),
-                   units=c.integer(c.key(data, "units", "modular.trunk.units"), "modular.trunk.units", 0),
-                   history=tuple(history))
+    def from_json(cls, data: dict, where: str) -> TrunkRecord:
+        return cls(file=safe_relpath(data.get("file", TRUNK_FILE), where), sha256=data["sha256"],
+                   fingerprint=data["fingerprint"], version=data["version"], units=data["units"],
+                   history=tuple(data.get("history", [])))
 
 
 @dataclass(frozen=True)
@@ -171,41 +145,34 @@ class ModularLayout:
     @classmethod
     def from_json(cls, data: Any, where: str = MANIFEST, task_outputs: list[str] | None = None,
                   files: Any = None) -> ModularLayout:
-        """Check ``modular``; with ``task_outputs`` every task needs exactly one branch, in order.
+        """Build ``modular`` (schema-checked); with ``task_outputs`` every task needs exactly one branch, in order.
 
         Raises:
             ExportError: one line naming the field and what was expected.
         """
-        c = FieldCheck(where)
-        data = c.obj(data, "modular")
-        trunk = TrunkRecord.from_json(c.key(data, "trunk", "modular.trunk"), where)
-        raw_taps = c.key(data, "taps", "modular.taps")
-        if not isinstance(raw_taps, list) or not raw_taps:
-            raise c.fail("modular.taps", "a non-empty list of taps", raw_taps)
-        taps = tuple(TapRecord.from_json(t, where, f"modular.taps[{i}]") for i, t in enumerate(raw_taps))
-        raw_branches = c.key(data, "branches", "modular.branches")
-        if not isinstance(raw_branches, list) or not raw_branches:
-            raise c.fail("modular.branches", "a non-empty list of branches", raw_branches)
+        if not isinstance(data, dict):  # a layout outside a manifest (tests, tools): the schema's first rule
+            raise fail(where, "modular", data, "a JSON object")
+        trunk = TrunkRecord.from_json(data["trunk"], where)
+        taps = tuple(TapRecord.from_json(t, where, f"modular.taps[{i}]") for i, t in enumerate(data["taps"]))
         branches = tuple(BranchRecord.from_json(b, where, f"modular.branches[{i}]")
-                         for i, b in enumerate(raw_branches))
+                         for i, b in enumerate(data["branches"]))
         names = {t.name for t in taps}
         if len(names) != len(taps):
-            raise c.fail("modular.taps", "taps with distinct names", [t.name for t in taps])
+            raise fail(where, "modular.taps", [t.name for t in taps], "taps with distinct names")
         for i, b in enumerate(branches):
             unknown = [t for t in b.taps if t not in names]
             if unknown:
-                raise c.fail(f"modular.branches[{i}].taps", "taps the trunk outputs", unknown)
+                raise fail(where, f"modular.branches[{i}].taps", unknown, "taps the trunk outputs")
         if task_outputs is not None and [b.output for b in branches] != list(task_outputs):
-            raise c.fail("modular.branches", f"one branch per task, in task order ({task_outputs})",
-                         [b.output for b in branches])
+            raise fail(where, "modular.branches", [b.output for b in branches],
+                       f"one branch per task, in task order ({task_outputs})")
         if files is not None:
             for rel in [trunk.file, *(b.file for b in branches)]:
                 if rel not in files:
-                    raise c.fail("modular", "files listed in 'files'", rel)
+                    raise fail(where, "modular", rel, "files listed in 'files'")
             if files[trunk.file].sha256 != trunk.sha256:
-                raise c.fail("modular.trunk.sha256", f"the sha256 of {trunk.file} in 'files'", trunk.sha256)
-        return cls(trunk=trunk, taps=taps, branches=branches,
-                   fused=c.choice(data.get("fused", "exported"), "modular.fused", FUSED_STATES))
+                raise fail(where, "modular.trunk.sha256", trunk.sha256, f"the sha256 of {trunk.file} in 'files'")
+        return cls(trunk=trunk, taps=taps, branches=branches, fused=data.get("fused", "exported"))
 
 
 # -- the graphs -------------------------------------------------------------------------------------

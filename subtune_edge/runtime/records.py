@@ -1,16 +1,19 @@
 """Typed records of an export manifest: the input, the batch range, preprocessing, tasks, files.
 
-Each parses and checks its own part of ``manifest.json`` (``from_json``) and writes it back
-(``to_json``); :class:`~subtune_edge.runtime.manifest.Manifest` assembles them and checks what
-spans several parts (the input size against preprocessing, the batch dimension everywhere).
+The manifest is validated whole against ``subtune_edge/schema/manifest.schema.json`` first
+(:meth:`~subtune_edge.runtime.manifest.Manifest.from_json`), so each record's ``from_json`` only
+builds itself from JSON whose types are known good and checks what spans fields (``opt`` between
+``min`` and ``max``, labels one per class); ``to_json`` writes it back. Writers build these records
+(:meth:`TaskOutput.for_task` is the one task-record builder of the export and of ``add-task``) and
+serialise them, so what is written and what is accepted cannot drift.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .schema import BATCH_DIM, CROP_MODES, HEX64, INTERPOLATIONS, MANIFEST, FieldCheck, batch_dim, safe_relpath
+from .schema import BATCH_DIM, MANIFEST, fail, safe_relpath
 
 
 @dataclass(frozen=True)
@@ -24,15 +27,10 @@ class FileRecord:
         return {"sha256": self.sha256, "bytes": self.bytes}
 
     @classmethod
-    def from_json(cls, rel: Any, data: Any, where: str = MANIFEST) -> FileRecord:
-        """Check one ``files`` entry: a path inside the folder, a sha256 hex digest, a size."""
-        c = FieldCheck(where)
+    def from_json(cls, rel: Any, data: dict, where: str = MANIFEST) -> FileRecord:
+        """One ``files`` entry; its path must stay inside the export folder."""
         safe_relpath(rel, where)
-        data = c.obj(data, f"files.{rel}")
-        digest = c.key(data, "sha256", f"files.{rel}.sha256")
-        if not isinstance(digest, str) or not HEX64.match(digest):
-            raise c.fail(f"files.{rel}.sha256", "a sha256 hex digest", digest)
-        return cls(digest, c.integer(c.key(data, "bytes", f"files.{rel}.bytes"), f"files.{rel}.bytes", 0))
+        return cls(data["sha256"], data["bytes"])
 
 
 @dataclass(frozen=True)
@@ -53,16 +51,9 @@ class InputSpec:
         return {"name": self.name, "dtype": self.dtype, "layout": self.layout, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = MANIFEST) -> InputSpec:
-        """Check ``input``: ``[batch, 3, H, W]`` float32 NCHW."""
-        c = FieldCheck(where)
-        data = c.obj(data, "input")
-        shape = c.sized(c.key(data, "shape", "input.shape"), "input.shape", 4, "[batch, 3, H, W]", channels_at=1)
-        return cls(name=c.string(data.get("name", "input"), "input.name"),
-                   shape=(batch_dim(c, shape[0], "input.shape[0]"), 3, c.integer(shape[2], "input.shape[2]", 1),
-                          c.integer(shape[3], "input.shape[3]", 1)),
-                   dtype=c.choice(data.get("dtype", "float32"), "input.dtype", ("float32",)),
-                   layout=c.choice(data.get("layout", "NCHW"), "input.layout", ("NCHW",)))
+    def from_json(cls, data: dict, where: str = MANIFEST) -> InputSpec:
+        return cls(name=data.get("name", "input"), shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"),
+                   layout=data.get("layout", "NCHW"))
 
 
 @dataclass(frozen=True)
@@ -83,18 +74,17 @@ class BatchRange:
         return {"min": self.min, "opt": self.opt, "max": self.max, "dynamic": self.dynamic}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = MANIFEST) -> BatchRange:
-        """Check ``batch``: ``1 <= min <= opt <= max``, ``dynamic`` = ``min != max``."""
-        c = FieldCheck(where)
-        data = c.obj(data, "batch")
-        lo = c.integer(c.key(data, "min", "batch.min"), "batch.min", 1)
-        hi = c.integer(c.key(data, "max", "batch.max"), "batch.max", lo)
-        opt = c.integer(data.get("opt", lo), "batch.opt", lo)
-        if opt > hi:
-            raise c.fail("batch.opt", f"between min {lo} and max {hi}", opt)
-        dynamic = c.boolean(data.get("dynamic", lo != hi), "batch.dynamic")
+    def from_json(cls, data: dict, where: str = MANIFEST) -> BatchRange:
+        """``1 <= min <= opt <= max``, ``dynamic`` = ``min != max``."""
+        lo, hi = data["min"], data["max"]
+        if hi < lo:
+            raise fail(where, "batch.max", hi, f"an integer >= min ({lo})")
+        opt = data.get("opt", lo)
+        if not lo <= opt <= hi:
+            raise fail(where, "batch.opt", opt, f"between min {lo} and max {hi}")
+        dynamic = data.get("dynamic", lo != hi)
         if dynamic != (lo != hi):
-            raise c.fail("batch.dynamic", f"{str(lo != hi).lower()} for batch {lo}..{hi}", dynamic)
+            raise fail(where, "batch.dynamic", dynamic, f"{str(lo != hi).lower()} for batch {lo}..{hi}")
         return cls(lo, opt, hi, dynamic)
 
 
@@ -114,27 +104,10 @@ class Preprocessing:
                 "interpolation": self.interpolation, "crop_pct": self.crop_pct, "crop_mode": self.crop_mode}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = MANIFEST) -> Preprocessing:
-        """Check ``preprocessing``: size ``[3, H, W]``, 3 means, 3 positive stds, known resize and crop."""
-        c = FieldCheck(where)
-        data = c.obj(data, "preprocessing")
-        size = c.sized(c.key(data, "input_size", "preprocessing.input_size"), "preprocessing.input_size", 3,
-                       "[3, H, W]", channels_at=0)
-        stats = {}
-        for key in ("mean", "std"):
-            value = c.sized(c.key(data, key, f"preprocessing.{key}"), f"preprocessing.{key}", 3,
-                            "a list of 3 numbers (one per channel)")
-            stats[key] = tuple(c.number(v, f"preprocessing.{key}", positive=key == "std") for v in value)
-        crop_mode = data.get("crop_mode")
-        return cls(
-            input_size=(3, c.integer(size[1], "preprocessing.input_size[1]", 1),
-                        c.integer(size[2], "preprocessing.input_size[2]", 1)),
-            mean=stats["mean"], std=stats["std"],
-            interpolation=c.choice(c.key(data, "interpolation", "preprocessing.interpolation"),
-                                   "preprocessing.interpolation", INTERPOLATIONS),
-            crop_pct=c.number(c.key(data, "crop_pct", "preprocessing.crop_pct"), "preprocessing.crop_pct",
-                              positive=True),
-            crop_mode=None if crop_mode is None else c.choice(crop_mode, "preprocessing.crop_mode", CROP_MODES))
+    def from_json(cls, data: dict, where: str = MANIFEST) -> Preprocessing:
+        return cls(input_size=tuple(data["input_size"]), mean=tuple(float(v) for v in data["mean"]),
+                   std=tuple(float(v) for v in data["std"]), interpolation=data["interpolation"],
+                   crop_pct=float(data["crop_pct"]), crop_mode=data.get("crop_mode"))
 
 
 @dataclass(frozen=True)
@@ -143,12 +116,15 @@ class Int8Figures:
 
     ``agreement`` is the top-1 agreement of INT8 with fp32 on ``samples`` held-out images;
     ``accuracy_fp32`` / ``accuracy_int8`` are null where the held-out images have no labels.
+    ``precision`` is ``int8`` (the whole branch quantized), ``fp32`` (the branch kept in fp32) or
+    ``mixed`` (some of its layers kept in fp32, listed in ``fp32_nodes``); ``gate`` holds the
+    statistical test the task passed or failed.
     """
 
     precision: str
     agreement: float
     samples: int
-    method: str
+    method: str = ""
     calibration: tuple[str, ...] = ()
     calibration_samples: int = 0
     accuracy_fp32: float | None = None
@@ -156,35 +132,25 @@ class Int8Figures:
     held_out: str = ""
     passed: bool = True
     reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    KNOWN = ("precision", "agreement", "accuracy_fp32", "accuracy_int8", "samples", "passed", "reason", "method",
+             "calibration", "calibration_samples", "held_out")
 
     def to_json(self) -> dict:
         return {"precision": self.precision, "agreement": self.agreement, "accuracy_fp32": self.accuracy_fp32,
                 "accuracy_int8": self.accuracy_int8, "samples": self.samples, "passed": self.passed,
                 "reason": self.reason, "method": self.method, "calibration": list(self.calibration),
-                "calibration_samples": self.calibration_samples, "held_out": self.held_out}
+                "calibration_samples": self.calibration_samples, "held_out": self.held_out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = MANIFEST, name: str = "tasks[0].int8") -> Int8Figures:
-        """Check a task's ``int8`` entry; raises ExportError naming the field."""
-        c = FieldCheck(where)
-        data = c.obj(data, name)
-
-        def maybe(key: str) -> float | None:
-            value = data.get(key)
-            return None if value is None else c.number(value, f"{name}.{key}")
-
-        reason = data.get("reason")
-        return cls(
-            precision=c.choice(c.key(data, "precision", f"{name}.precision"), f"{name}.precision", ("int8", "fp32")),
-            agreement=c.number(c.key(data, "agreement", f"{name}.agreement"), f"{name}.agreement"),
-            samples=c.integer(c.key(data, "samples", f"{name}.samples"), f"{name}.samples", 0),
-            method=c.string(data.get("method", ""), f"{name}.method", nonempty=False),
-            calibration=c.strings(data.get("calibration", []), f"{name}.calibration"),
-            calibration_samples=c.integer(data.get("calibration_samples", 0), f"{name}.calibration_samples", 0),
-            accuracy_fp32=maybe("accuracy_fp32"), accuracy_int8=maybe("accuracy_int8"),
-            held_out=c.string(data.get("held_out", ""), f"{name}.held_out", nonempty=False),
-            passed=c.boolean(data.get("passed", True), f"{name}.passed"),
-            reason=None if reason is None else c.string(reason, f"{name}.reason", nonempty=False))
+    def from_json(cls, data: dict, where: str = MANIFEST, name: str = "tasks[0].int8") -> Int8Figures:
+        return cls(precision=data["precision"], agreement=float(data["agreement"]), samples=data["samples"],
+                   method=data.get("method", ""), calibration=tuple(data.get("calibration", [])),
+                   calibration_samples=data.get("calibration_samples", 0), accuracy_fp32=data.get("accuracy_fp32"),
+                   accuracy_int8=data.get("accuracy_int8"), held_out=data.get("held_out", ""),
+                   passed=data.get("passed", True), reason=data.get("reason"),
+                   extra={k: v for k, v in data.items() if k not in cls.KNOWN})
 
 
 @dataclass(frozen=True)
@@ -192,7 +158,8 @@ class TaskOutput:
     """One task of the export: its output in the graph, its classes, and how it was trained.
 
     ``resized_from`` is the (H, W) the task was prepared at when it was exported at another size
-    (``allow_resize``); ``None`` when it runs at its own size.
+    (``allow_resize``); ``None`` when it runs at its own size. ``pruned`` records a task whose
+    tuned units were channel-pruned (ratio and the pruned shapes), ``None`` for full-width branches.
     """
 
     name: str
@@ -207,6 +174,7 @@ class TaskOutput:
     resized_from: tuple[int, int] | None = None
     int8: Int8Figures | None = None
     separate_int8: str | None = None
+    pruned: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -228,40 +196,44 @@ class TaskOutput:
             out["int8"] = self.int8.to_json()
         if self.separate_int8 is not None:
             out["separate_int8"] = self.separate_int8
+        if self.pruned is not None:
+            out["pruned"] = dict(self.pruned)
         return out
 
     @classmethod
-    def from_json(cls, data: Any, where: str = MANIFEST, name: str = "tasks[0]") -> TaskOutput:
-        """Check one ``tasks`` entry; raises ExportError naming the field."""
-        c = FieldCheck(where)
-        data = c.obj(data, name)
-        shape = c.sized(c.key(data, "shape", f"{name}.shape"), f"{name}.shape", 2, "[batch, num_classes]")
-        shape_t = (batch_dim(c, shape[0], f"{name}.shape[0]"), c.integer(shape[1], f"{name}.shape[1]", 1))
-        if "num_classes" in data and c.integer(data["num_classes"], f"{name}.num_classes", 1) != shape_t[1]:
-            raise c.fail(f"{name}.num_classes", f"shape[1] = {shape_t[1]}", data["num_classes"])
-        labels = c.strings(c.key(data, "labels", f"{name}.labels"), f"{name}.labels")
-        if labels and len(labels) != shape_t[1]:
-            raise c.fail(f"{name}.labels", f"empty or {shape_t[1]} labels (one per class)", len(labels))
-        acc = data.get("val_accuracy")
+    def for_task(cls, task, output: str, batch_dim: int | str, *, separate: bool = False,
+                 resized_from: tuple[int, int] | None = None) -> TaskOutput:
+        """The record of a :class:`~subtune_edge.task.Task` exported as ``output`` (the export's and add-task's).
+
+        Args:
+            task: the task.
+            output: its output name in the graphs.
+            batch_dim: the batch dimension of the shapes (``"batch"`` or the fixed size).
+            separate: the export holds ``separate/<output>.onnx``.
+            resized_from: the (H, W) the task was prepared at, when exported at another size.
+        """
+        pruned = getattr(task, "pruned", None)
+        return cls(name=task.name, output=output, shape=(batch_dim, task.num_classes), labels=tuple(task.labels),
+                   tuned_units=tuple(task.tuned_units), siamese=task.siamese, mode=task.mode,
+                   val_accuracy=task.training.get("val_accuracy"),
+                   separate=f"separate/{output}.onnx" if separate else None,
+                   resized_from=tuple(resized_from) if resized_from else None,
+                   pruned=dict(pruned) if pruned else None)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = MANIFEST, name: str = "tasks[0]") -> TaskOutput:
+        """One ``tasks`` entry (schema-checked); refuses classes and labels that disagree."""
+        shape = tuple(data["shape"])
+        if "num_classes" in data and data["num_classes"] != shape[1]:
+            raise fail(where, f"{name}.num_classes", data["num_classes"], f"shape[1] = {shape[1]}")
+        labels = tuple(data["labels"])
+        if labels and len(labels) != shape[1]:
+            raise fail(where, f"{name}.labels", list(labels), f"empty or {shape[1]} labels (one per class)")
         resized = data.get("resized_from")
-        if resized is not None:
-            resized = c.sized(resized, f"{name}.resized_from", 2, "[H, W]")
-            resized = (c.integer(resized[0], f"{name}.resized_from[0]", 1),
-                       c.integer(resized[1], f"{name}.resized_from[1]", 1))
-        separate = data.get("separate")
-        return cls(
-            name=c.string(c.key(data, "name", f"{name}.name"), f"{name}.name"),
-            output=c.string(c.key(data, "output", f"{name}.output"), f"{name}.output"),
-            shape=shape_t, labels=labels,
-            tuned_units=c.strings(data.get("tuned_units", []), f"{name}.tuned_units"),
-            siamese=c.boolean(data.get("siamese", False), f"{name}.siamese"),
-            mode=c.string(data.get("mode", ""), f"{name}.mode", nonempty=False),
-            val_accuracy=None if acc is None else c.number(acc, f"{name}.val_accuracy"),
-            separate=None if separate is None else c.string(separate, f"{name}.separate"),
-            resized_from=resized,
-            int8=None if data.get("int8") is None else Int8Figures.from_json(data["int8"], where, f"{name}.int8"),
-            separate_int8=None if data.get("separate_int8") is None
-            else c.string(data["separate_int8"], f"{name}.separate_int8"),
-        )
-
-
+        int8 = data.get("int8")
+        return cls(name=data["name"], output=data["output"], shape=shape, labels=labels,
+                   tuned_units=tuple(data.get("tuned_units", [])), siamese=data.get("siamese", False),
+                   mode=data.get("mode", ""), val_accuracy=data.get("val_accuracy"), separate=data.get("separate"),
+                   resized_from=None if resized is None else tuple(resized),
+                   int8=None if int8 is None else Int8Figures.from_json(int8, where, f"{name}.int8"),
+                   separate_int8=data.get("separate_int8"), pruned=data.get("pruned"))

@@ -1,35 +1,31 @@
-"""The manifest's schema rules: constants, the canonical JSON its self-hash covers, field checkers.
+"""The manifest's format: its constants, the canonical JSON its self-hash covers, safe paths, the one-line errors.
 
-Shared by the typed records (:mod:`.records`), the reader (:mod:`.manifest`) and the writer
-(``subtune_edge.exporters.manifest``), so that what is written and what is accepted cannot drift.
+The field rules are ``subtune_edge/schema/manifest.schema.json`` (:data:`MANIFEST_FORMAT`); this
+module holds what a schema cannot say and is shared by the typed records (:mod:`.records`), the
+reader (:mod:`.manifest`) and the writer (``subtune_edge.exporters.manifest``), so that what is
+written and what is accepted cannot drift.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..errors import ExportError
+from ..schema import FileFormat, message
 
 FORMAT = "subtune-edge.export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SELF_HASH = "manifest_sha256"
 BATCH_DIM = "batch"
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming", "random")
-CROP_MODES = ("center", "squash", "border")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-#: top-level fields written for people and the benchmark, checked only for their JSON type
-INFO_TYPES: dict[str, tuple[type, ...]] = {
-    "created": (str,), "exporter": (str,), "stacked_branches": (bool,), "onnx": (dict,), "sizes": (dict,),
-    "plan": (dict,), "verification": (dict, type(None)), "tensorrt": (dict, type(None)), "timings_s": (dict,),
-    "versions": (dict,), "modular": (dict, type(None)), "ort_format": (dict, type(None)),
-}
+#: the manifest's schema and how its errors read
+MANIFEST_FORMAT = FileFormat("manifest.schema.json", ExportError, "re-export (or restore the file)")
 
 
 # -- the canonical form the self-hash covers --------------------------------------------------------
@@ -51,74 +47,15 @@ def manifest_digest(manifest: Mapping) -> str:
     return hashlib.sha256(canonical_json(manifest)).hexdigest()
 
 
-# -- small checkers: one line naming where, what and what was expected ------------------------------
-class FieldCheck:
-    """Checks of one field each; a failure is one ExportError line naming the manifest and the field."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, name: str, expected: str, value: Any = None, show: bool = True) -> ExportError:
-        got = f", got {short(value)}" if show else ""
-        return ExportError(f"{self.where}: '{name}' must be {expected}{got}; re-export (or restore the file)")
-
-    def obj(self, value: Any, name: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(name, "a JSON object", value)
-        return value
-
-    def key(self, obj: dict, key: str, name: str) -> Any:
-        if key not in obj:
-            raise ExportError(f"{self.where} lacks '{name}'; it was edited or truncated, re-export")
-        return obj[key]
-
-    def string(self, value: Any, name: str, nonempty: bool = True) -> str:
-        if not isinstance(value, str) or (nonempty and not value):
-            raise self.fail(name, "a non-empty string" if nonempty else "a string", value)
-        return value
-
-    def integer(self, value: Any, name: str, minimum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            raise self.fail(name, "an integer" + (f" >= {minimum}" if minimum is not None else ""), value)
-        return value
-
-    def number(self, value: Any, name: str, positive: bool = False) -> float:
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-        if not ok or (positive and value <= 0):
-            raise self.fail(name, "a positive number" if positive else "a finite number", value)
-        return float(value)
-
-    def boolean(self, value: Any, name: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(name, "true or false", value)
-        return value
-
-    def strings(self, value: Any, name: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(name, "a list of strings", value)
-        return tuple(value)
-
-    def sized(self, value: Any, name: str, n: int, expected: str, channels_at: int | None = None) -> list:
-        """A JSON list of exactly ``n`` items (with 3 at index ``channels_at``, for shapes), else the error."""
-        if not isinstance(value, list) or len(value) != n or (channels_at is not None and value[channels_at] != 3):
-            raise self.fail(name, expected, value)
-        return value
-
-    def choice(self, value: Any, name: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(name, f"one of {', '.join(choices)}", value)
-        return value
+# -- one-line errors ---------------------------------------------------------------------------------
+def fail(where: str, name: str, value: Any, expected: str) -> ExportError:
+    """The error for a field that breaks a rule the schema cannot state (it agrees with another field, ...)."""
+    return ExportError(message(MANIFEST_FORMAT, where, name, value, expected))
 
 
 def short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def batch_dim(c: FieldCheck, value: Any, name: str) -> int | str:
-    if value == BATCH_DIM:
-        return BATCH_DIM
-    return c.integer(value, name, 1)
 
 
 def safe_relpath(rel: Any, where: str = MANIFEST) -> str:

@@ -10,13 +10,15 @@ matters; it can be used for selection anywhere). Without a table, branch FLOPs s
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SubtuneError
+from ..schema import FileFormat, validate
 
 COSTS_FORMAT = "subtune-edge.device-costs"
+#: the cost table's schema (``subtune_edge/schema/device-costs.schema.json``) and how its errors read
+COSTS_SCHEMA = FileFormat("device-costs.schema.json", SubtuneError, "re-measure it with `subtune-edge profile-device`")
 
 
 def read_cost_table(path: str | Path) -> dict:
@@ -51,23 +53,8 @@ class LatencyTable:
         """
         if not isinstance(data, dict) or data.get("format") != COSTS_FORMAT:
             raise SubtuneError(f"{where} is not a device cost table; create it with `subtune-edge profile-device`")
-
-        def bad(field: str, expected: str) -> SubtuneError:
-            return SubtuneError(f"{where}: '{field}' must be {expected}; re-measure it with "
-                                "`subtune-edge profile-device`")
-
-        for key in ("model", "backend"):
-            if not isinstance(data.get(key), str):
-                raise bad(key, "a string")
-        if not isinstance(data.get("batch"), int) or isinstance(data.get("batch"), bool) or data["batch"] < 1:
-            raise bad("batch", "a positive integer")
-        units = data.get("units")
-        if not isinstance(units, list) or not units:
-            raise bad("units", "a non-empty list")
-        for i, r in enumerate(units):
-            if not (isinstance(r, dict) and isinstance(r.get("unit"), str) and isinstance(r.get("index"), int)
-                    and isinstance(r.get("added_ms"), (int, float)) and math.isfinite(r["added_ms"])):
-                raise bad(f"units[{i}]", "an object with 'unit' (string), 'index' (int), 'added_ms' (finite number)")
+        validate(data, COSTS_SCHEMA, where)
+        units = data["units"]
         env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
         gpus = env.get("gpus") if isinstance(env.get("gpus"), list) else []
         device = gpus[0].get("name") if gpus and isinstance(gpus[0], dict) else env.get("jetson") or env.get("cpu")

@@ -2,8 +2,8 @@
 
 :class:`RunLog` records every finished run in a JSON file, rewritten atomically after each run, so
 an interrupted search started again with the same log skips what is already done. A log is read
-back field by field (:meth:`~subtune_edge.train.runs.RunResult.check_json`): a hand-edited or
-foreign file is refused in one line naming the file and the field, never half-used.
+back against ``subtune_edge/schema/runlog.schema.json``: a hand-edited or foreign file is refused
+in one line naming the file and the field, never half-used.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Any
 
 from ..errors import SubtuneError
 from ..io import atomic_write_bytes, jsonable
-from ..train.runs import RunResult
+from ..schema import FileFormat, validate
 from .executor import Executor, RunFn
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "subtune-edge.runs"
 LOG_VERSION = 1
+#: the run log's schema (``subtune_edge/schema/runlog.schema.json``) and how its errors read
+RUNLOG_FORMAT = FileFormat("runlog.schema.json", SubtuneError, "delete it or use another run log")
 
 
 class RunLog:
@@ -56,16 +58,11 @@ class RunLog:
             data = json.loads(self.path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self._refuse(f"unreadable ({exc})") from exc
-        if not isinstance(data, dict):
-            raise self._refuse(f"expected a JSON object, got {type(data).__name__}")
-        if data.get("format") != LOG_FORMAT:
-            raise self._refuse(f"not a subtune-edge run log ('format' is not '{LOG_FORMAT}')")
-        for name in ("context", "runs", "extra"):
-            if data.get(name) is not None and not isinstance(data[name], dict):
-                raise self._refuse(f"'{name}' must be an object, got {type(data[name]).__name__}")
+        if not isinstance(data, dict) or data.get("format") != LOG_FORMAT:
+            kind = f"a {type(data).__name__}" if not isinstance(data, dict) else f"'format' is not '{LOG_FORMAT}'"
+            raise self._refuse(f"not a subtune-edge run log ({kind})")
+        validate(data, RUNLOG_FORMAT, f"run log {self.path}")
         runs = data.get("runs") or {}
-        for key, run in runs.items():
-            RunResult.check_json(run, f"run log {self.path}, run '{key}'")
         if self.context and data.get("context") and data["context"] != self.context:
             diff = _first_difference(data["context"], self.context)
             raise SubtuneError(f"run log {self.path} was written for other settings ({diff}); use another run "
@@ -100,6 +97,7 @@ class RunLog:
             return
         data = {"format": LOG_FORMAT, "version": LOG_VERSION, "context": self.context, "runs": self.runs,
                 "extra": self.extra}
+        validate(data, RUNLOG_FORMAT, f"run log {self.path} being written")
         atomic_write_bytes(self.path, json.dumps(data, indent=1).encode())
 
 

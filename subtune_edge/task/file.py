@@ -20,7 +20,8 @@ from safetensors.torch import save as st_save
 from ..backbone import Backbone, BackboneSpec, hash_tensors
 from ..errors import TaskFileError
 from ..io import atomic_write_bytes, jsonable
-from .metadata import FORMAT, FORMAT_VERSION, METADATA_KEY, SUFFIX, TaskMetadata, describe, validate_task_name
+from ..schema import describe
+from .metadata import FORMAT, FORMAT_VERSION, METADATA_KEY, SUFFIX, TaskMetadata, validate_task_name
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def save_task(task: Task, path: str | os.PathLike) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in task.tensors.items()}
     meta = task.metadata()
     meta["content_sha256"] = content_hash(tensors)
+    TaskMetadata.from_json(json.loads(json.dumps(meta)), path)  # the reader's checks, before anything is written
     try:
         atomic_write_bytes(path, st_save(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
     except OSError as exc:

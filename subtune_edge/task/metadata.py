@@ -1,20 +1,20 @@
 """The task file's metadata, checked once at its reader, and the task name rule.
 
 A task file is data a user may have been handed: every field of its metadata is checked for type
-and range here, so that no code past :func:`~subtune_edge.task.load_task` meets a wrong type (a
-traceback) or a value subtune-edge never writes (``model_args`` other than ``img_size``).
+and range here, against ``subtune_edge/schema/task.schema.json`` and then the rules a schema cannot
+state (the task-name rule, ``model_args`` other than ``img_size``, ``head.in_features``), so that no
+code past :func:`~subtune_edge.task.load_task` meets a wrong type (a traceback) or a value
+subtune-edge never writes.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backbone import BackboneSpec, check_model_args
 from ..errors import BackboneError, TaskFileError
+from ..schema import FileFormat, message, validate
 
 FORMAT = "subtune-edge.task"
 FORMAT_VERSION = 1
@@ -62,44 +62,8 @@ def validate_task_name(name: str) -> str:
     return name
 
 
-_MISSING = object()
-
-
-def describe(value) -> str:
-    """A JSON value as an error message names it: ``a string "two"``, ``a list``, ``null``, ``missing``."""
-    if value is _MISSING or value is None:
-        return "missing" if value is _MISSING else "null"
-    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
-    text = json.dumps(value) if not isinstance(value, (list, dict)) else ""
-    return f"{kind} {text[:40]}".rstrip()
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _str_list(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _numbers(n: int, ok=lambda x: True):
-    return lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) and ok(x) for x in v)
-
-
-_PREPROCESSING = {  # key -> (check, what is expected); keys a timm data config has
-    "input_size": (lambda v: _numbers(3, _is_int)(v) and v[0] == 3 and 0 < v[1] <= 8192 and 0 < v[2] <= 8192,
-                   "[3, height, width] with height and width in 1..8192"),
-    "mean": (_numbers(3), "a list of 3 numbers"),
-    "std": (_numbers(3, lambda x: x > 0), "a list of 3 positive numbers"),
-    "interpolation": (lambda v: isinstance(v, str), "a string such as 'bilinear'"),
-    "crop_pct": (lambda v: _is_number(v) and 0 < v <= 4, "a number in (0, 4]"),
-    "crop_mode": (lambda v: isinstance(v, str), "a string such as 'center'"),
-}
+#: the task file's metadata format: its schema (``subtune_edge/schema/task.schema.json``) and how errors read
+TASK_FORMAT = FileFormat("task.schema.json", TaskFileError, "re-train or re-save the task", "metadata field ")
 
 
 @dataclass
@@ -138,53 +102,27 @@ class TaskMetadata:
 
 
 def _read(meta: dict, path: Path) -> TaskMetadata:
-    def field_(obj: dict, key: str, ok, expected: str, where: str = "", default=_MISSING):
-        value = obj.get(key, _MISSING)
-        if value is _MISSING and default is not _MISSING:
-            return default
-        if value is _MISSING or not ok(value):
-            raise TaskFileError(f"task file {path}: metadata field '{where}{key}' is {describe(value)}, "
-                                f"expected {expected}; re-train or re-save the task")
-        return value
-
-    def is_dict(v) -> bool:
-        return isinstance(v, dict)
-
-    name = field_(meta, "name", lambda v: isinstance(v, str), "the task name (a string)")
+    where = f"task file {path}"
+    validate(meta, TASK_FORMAT, where)
+    name = meta["name"]
     try:
         validate_task_name(name)
     except TaskFileError as exc:
-        raise TaskFileError(f"task file {path}: metadata field 'name': {exc}") from exc
-    bb = field_(meta, "backbone", is_dict, "an object with model_name, weights and model_args")
-    model_name = field_(bb, "model_name", lambda v: isinstance(v, str) and v != "", "a timm model name",
-                        "backbone.")
-    weights = field_(bb, "weights", lambda v: isinstance(v, str) and v != "",
-                     "a weights source (timm, random, offline or a file path)", "backbone.", "timm")
-    model_args = field_(bb, "model_args", is_dict, "an object of model arguments", "backbone.", {})
+        raise TaskFileError(f"{where}: metadata field 'name': {exc}") from exc
+    bb = meta["backbone"]
     try:
-        model_args = check_model_args(model_args)
+        model_args = check_model_args(bb.get("model_args", {}))
     except BackboneError as exc:
-        raise TaskFileError(f"task file {path}: metadata field 'backbone.model_args': {exc}") from exc
-    fingerprint = field_(meta, "fingerprint", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v),
-                         "a sha256 hex digest (64 characters)")
-    tuned_units = field_(meta, "tuned_units", lambda v: _str_list(v) and len(set(v)) == len(v),
-                         "a list of distinct unit names")
-    head = field_(meta, "head", is_dict, "an object with num_features and num_classes")
-    positive = "a positive integer"
-    num_features = field_(head, "num_features", lambda v: _is_int(v) and v > 0, positive, "head.")
-    num_classes = field_(head, "num_classes", lambda v: _is_int(v) and v > 0, positive, "head.")
-    siamese = field_(meta, "siamese", lambda v: isinstance(v, bool), "true or false", default=False)
-    in_features = num_features * (2 if siamese else 1)
-    field_(head, "in_features", lambda v: v == in_features,
-           f"{in_features} (num_features{' x 2, Siamese' if siamese else ''})", "head.", in_features)
-    labels = field_(meta, "labels", _str_list, "a list of class names (strings)", default=[])
-    preprocessing = field_(meta, "preprocessing", is_dict, "an object (a timm data config)", default={})
-    for key, (ok, expected) in _PREPROCESSING.items():
-        if key in preprocessing:
-            field_(preprocessing, key, ok, expected, "preprocessing.")
-    training = field_(meta, "training", is_dict, "an object (the training record)", default={})
-    field_(training, "mode", lambda v: isinstance(v, str), "a string such as 'subtune'", "training.", None)
-    return TaskMetadata(name=name, backbone=BackboneSpec(model_name, weights, dict(model_args)),
-                        fingerprint=fingerprint, tuned_units=list(tuned_units), num_features=num_features,
-                        num_classes=num_classes, labels=list(labels), preprocessing=dict(preprocessing),
-                        siamese=siamese, training=dict(training))
+        raise TaskFileError(f"{where}: metadata field 'backbone.model_args': {exc}") from exc
+    head = meta["head"]
+    siamese = meta.get("siamese", False)
+    in_features = head["num_features"] * (2 if siamese else 1)
+    if head.get("in_features", in_features) != in_features:
+        raise TaskFileError(message(TASK_FORMAT, where, "head.in_features", head["in_features"],
+                                    f"{in_features} (num_features{' x 2, Siamese' if siamese else ''})"))
+    return TaskMetadata(name=name, backbone=BackboneSpec(bb["model_name"], bb.get("weights", "timm"),
+                                                         dict(model_args)),
+                        fingerprint=meta["fingerprint"], tuned_units=list(meta["tuned_units"]),
+                        num_features=head["num_features"], num_classes=head["num_classes"],
+                        labels=list(meta.get("labels", [])), preprocessing=dict(meta.get("preprocessing", {})),
+                        siamese=siamese, training=dict(meta.get("training", {})))

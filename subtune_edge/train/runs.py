@@ -1,24 +1,21 @@
 """Runs as plain data, for executors: :class:`RunSpec` in, :class:`RunResult` out.
 
 Profiles and searches ship runs to other processes (or a Ray cluster) as picklable specs and get
-JSON-able results back; a run log stores the results, so :meth:`RunResult.from_json` is where a
-log's runs are checked field by field.
+JSON-able results back; a run log stores the results (``subtune_edge/schema/runlog.schema.json``
+says what a log's runs hold, and :class:`~subtune_edge.search.RunLog` checks a log against it).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
 
 from ..backbone import Backbone, BackboneSpec, load_backbone
 from ..data import DataSpec, TaskData, load_data, spec_key
-from ..errors import SubtuneError
 from ..progress import Progress
 from ..task import save_task
 from .config import TrainConfig, run_mode
 from .loop import train
-from .record import check_fields
 
 
 @dataclass(frozen=True)
@@ -68,36 +65,15 @@ class RunResult:
     prefix_cache: bool
     history: list[dict] = field(default_factory=list)
 
-    _TYPES = {"key": str, "units": list, "mode": str, "seed": int, "fold": (int, type(None)), "accuracy": float,
-              "final_accuracy": float, "best_accuracy": float, "seconds": float, "device": str, "epochs": int,
-              "train_samples": int, "val_samples": int, "prefix_cache": bool, "history": list}
-    REQUIRED = frozenset({"key", "units", "accuracy", "seconds"})
-
     def to_json(self) -> dict:
         """The result as a run log stores it."""
         return asdict(self)
 
     @classmethod
-    def check_json(cls, data: Any, where: str = "run result") -> dict:
-        """``data`` if it is a run result a search can use (the fields it reads, with their types).
-
-        Raises:
-            SubtuneError: naming ``where``, the field and what was expected.
-        """
-        check_fields(data, cls._TYPES, where, set(cls.REQUIRED))
-        if not all(isinstance(u, str) for u in data["units"]):
-            raise SubtuneError(f"{where}: 'units' must be a list of unit names")
-        return data
-
-    @classmethod
-    def from_json(cls, d: Any, where: str = "run result") -> RunResult:
-        """A result from its JSON (fields this version does not know are ignored).
-
-        Raises:
-            SubtuneError: a missing field or one of the wrong type.
-        """
+    def from_json(cls, d: dict) -> RunResult:
+        """A result from its JSON as a run log holds it (checked by the log's reader against
+        ``runlog.schema.json``); fields this version does not know are ignored."""
         names = {f.name for f in fields(cls)}
-        check_fields(d, cls._TYPES, where, names - {"history"})
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
