@@ -56,7 +56,8 @@ DEMO = FileFormat("manifest.schema.json", ExportError, "re-export")
 
 
 @pytest.mark.parametrize("edit, says", [
-    (lambda m: m["input"].update(shape=["batch", 3, 0, 64]), "'input.shape[2]' is a number 0, expected a positive integer"),
+    (lambda m: m["input"].update(shape=["batch", 3, 0, 64]),
+     "'input.shape[2]' is a number 0, expected a positive integer"),
     (lambda m: m["tasks"][0].pop("output"), "'tasks[0].output' is missing, expected a non-empty string"),
     (lambda m: m["files"]["model.onnx"].update(sha256="xyz"),
      "'files.model.onnx.sha256' is a string \"xyz\", expected a sha256 hex digest (64 characters)"),
