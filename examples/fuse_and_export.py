@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = build_fused(backbone, tasks, size).plan
     print(f"trunk: stem + {plan.trunk_end} units; ideal FLOPs ratio fused/separate "
           f"{plan.cost.ideal_ratio_flops:.3f}")
-    manifest = export_tasks(tasks, args.out, separate=True)
+    manifest = export_tasks(tasks, args.out, separate=True).to_json()
     print(f"wrote {args.out}/model.onnx; verification passed: {manifest['verification']['passed']}")
 
     runner = load_export(args.out)

@@ -226,7 +226,7 @@ def _run(out: Path, final: Path, cfg: DemoConfig, progress: Progress | None) -> 
     manifest = export_tasks(loaded, out / "export", weights=cfg.weights, batch=(1, max(max(cfg.bench_batches), 8)),
                             separate=True, progress=progress, int8=cfg.int8, int8_fallback=True,
                             calibration_samples=cfg.calibration_samples, int8_min_agreement=cfg.int8_min_agreement,
-                            int8_max_drop=cfg.int8_max_drop)
+                            int8_max_drop=cfg.int8_max_drop).to_json()
     timings["export"] = round(time.perf_counter() - t0, 1)
 
     emit(progress, STAGE, "benchmarking fused vs separate on ONNX Runtime (CPU)")

@@ -90,7 +90,7 @@ def export_dir(tmp_path_factory) -> Path:
     late, middle, early = three_depth_tasks(backbone)
     tasks = [late, middle, dataclasses.replace(early, name="early-exit")]
     out = tmp_path_factory.mktemp("cpp") / "export"
-    manifest = export_tasks(tasks, out, batch=(1, BATCH_MAX))
+    manifest = export_tasks(tasks, out, batch=(1, BATCH_MAX)).to_json()
     assert [t["output"] for t in manifest["tasks"]] == ["late", "middle", "early_exit"]
     return out
 
@@ -104,7 +104,7 @@ class Reference:
         self.export = export
         self.model = load_export(export, device="cpu", threads=2)
         self.manifest = self.model.manifest
-        self.tasks = self.manifest["tasks"]
+        self.tasks = [t.to_json() for t in self.manifest.tasks]
 
     def logits(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.model.run(batch)
@@ -213,7 +213,7 @@ def test_image_matches_python_preprocessing_and_cli(binaries, export_dir, refere
     print(f"{image}.png: preprocessed tensor C++ vs Python (timm on PIL) max abs diff {diff:.3g}, "
           f"{int((x_cpp != x_py).sum())} of {x_py.size} values differ")
     # PIL-exact resampling: equal, or (another Pillow release, another pass order) one 8-bit level apart.
-    one_level = 1.0 / 255.0 / min(reference.manifest["preprocessing"]["std"])
+    one_level = 1.0 / 255.0 / min(reference.manifest.preprocessing.std)
     assert diff <= one_level + 1e-6
 
     # The graph: C++ logits on its own tensor vs Python ONNX Runtime on the same tensor.
@@ -241,7 +241,7 @@ def test_jpeg_decoding_difference_is_small(binaries, export_dir, reference, inpu
     x_cpp = np.load(tmp_path / "x.npy")
     x_py = reference.preprocess(path)
     diff = float(np.abs(x_cpp - x_py).max())
-    std = min(reference.manifest["preprocessing"]["std"])
+    std = min(reference.manifest.preprocessing.std)
     print(f"chelsea.jpg: preprocessed tensor C++ (stb_image) vs Python (libjpeg) max abs diff {diff:.3g} "
           f"= {diff * std * 255:.1f} levels, mean {float(np.abs(x_cpp - x_py).mean()):.2g}")
     assert diff * std * 255 <= 6
@@ -405,7 +405,7 @@ def test_grouped_export_runs_in_cpp(binaries, inputs, tmp_path):
              for i in range(2)]
     tasks.insert(1, synthetic_task(backbone, "other", [n[len(n) // 2]], 4, seed=30, input_size=(SIZE, SIZE)))
     export = tmp_path / "grouped"
-    manifest = export_tasks(tasks, export, batch=(1, BATCH_MAX), grouped=True)
+    manifest = export_tasks(tasks, export, batch=(1, BATCH_MAX), grouped=True).to_json()
     assert manifest["grouped_branches"]["groups"] == [["g0", "g1"]]
     out = tmp_path / "out"
     run_ok(binaries["release"], export, inputs["npy"], "--topk", 2, "--json", "--dump-outputs", out)

@@ -37,7 +37,7 @@ def exported(request, tmp_path_factory):
     backbone = backbone_for(request.param)
     tasks = three_depth_tasks(backbone)
     out = tmp_path_factory.mktemp(request.param) / "export"
-    manifest = export_tasks(tasks, out, batch=(1, 8), separate=True)
+    manifest = export_tasks(tasks, out, batch=(1, 8), separate=True).to_json()
     return backbone, tasks, out, manifest
 
 

@@ -121,7 +121,7 @@ def test_vit_at_another_size_is_refused(tmp_path):
 def test_failed_verification_keeps_the_previous_export(tmp_path, monkeypatch):
     tasks = three_depth_tasks(backbone_for("convnext_atto"))[:1]
     out = tmp_path / "out"
-    first = export_tasks(tasks, out, batch=(1, 4), verify=False)
+    first = export_tasks(tasks, out, batch=(1, 4), verify=False).to_json()
     before = (out / "manifest.json").read_text()
     monkeypatch.setattr("subtune_edge.exporters.verification.FP32", Tolerance("impossible", rel=-1.0, tie=0.0))
     with pytest.raises(ExportError) as exc:

@@ -35,7 +35,7 @@ def test_export_with_fp16_is_verified_and_listed(tmp_path):
     # TF-ported EfficientNet: dynamic 'same' padding puts Cast(to=float) shape arithmetic in the graph
     backbone = backbone_for("tf_efficientnet_lite0")
     tasks = three_depth_tasks(backbone)
-    manifest = export_tasks(tasks, tmp_path / "out", batch=(1, 4), fp16=True)
+    manifest = export_tasks(tasks, tmp_path / "out", batch=(1, 4), fp16=True).to_json()
     assert "model.fp16.onnx" in manifest["files"]
     results = [r for r in manifest["verification"]["results"] if r["file"] == "model.fp16.onnx"]
     assert [r["task"] for r in results] == [t.name for t in tasks]

@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(trained):
     root, tasks = trained
-    manifest = export_tasks(tasks, root / "out", batch=(1, 8), int8=True, separate=True)
+    manifest = export_tasks(tasks, root / "out", batch=(1, 8), int8=True, int8_target="trt", separate=True).to_json()
     return root / "out", manifest
 
 
@@ -122,7 +122,7 @@ def test_gate_fails_a_deliberately_broken_branch_and_fallback_keeps_it_fp32(trai
     assert err.value.param == "int8_fallback" and not (tmp_path / "bad").exists()
     # TASK=DATA names each task's calibration data (here the recorded specs again)
     manifest = export_tasks(tasks, tmp_path / "rescued", batch=(1, 8), int8=True, int8_fallback=True, verify=False,
-                            calibration=tuple(f"{name}={src}" for name, (src, _) in TASKS.items()))
+                            calibration=tuple(f"{name}={src}" for name, (src, _) in TASKS.items())).to_json()
     by_name = {t["name"]: t["int8"] for t in manifest["tasks"]}
     assert by_name["parity"]["precision"] == "fp32" and by_name["parity"]["agreement"] >= 0.98
     assert by_name["digit"]["precision"] == by_name["ge5"]["precision"] == "int8"
@@ -234,7 +234,7 @@ def test_uint8_activations_for_onnx_runtime_on_x86(trained, tmp_path):
         export_tasks(tasks, tmp_path / "x", int8=True, int8_activations="u4")
     assert err.value.param == "int8_activations"
     manifest = export_tasks(tasks[:1], tmp_path / "u8", batch=(1, 8), int8=True, int8_activations="uint8",
-                            verify=False, calibration_samples=64)
+                            verify=False, calibration_samples=64).to_json()
     assert manifest["int8"]["activations"] == "uint8" and manifest["tasks"][0]["int8"]["passed"]
     model = onnx.load(str(tmp_path / "u8" / "model.int8.onnx"))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}

@@ -68,7 +68,7 @@ def _check_equal(bb, tasks, out):
     layout = manifest.modular
     by_task = {b.task: b for b in layout.branches}
     assert [b.output for b in layout.branches] == manifest.outputs
-    results = [r for r in manifest["verification"]["results"] if r["file"] == MODULAR_FILE]
+    results = [r for r in manifest.info["verification"]["results"] if r["file"] == MODULAR_FILE]
     assert {r["task"] for r in results} == {t.name for t in tasks} and all(r["passed"] for r in results)
     x = _x()
     fused = OrtRunner(out / "model.onnx").infer({"input": x})
@@ -200,7 +200,7 @@ def test_remove_task_keeps_the_others_verified(resnet_export, tmp_path):
     assert not (out / "branches" / "middle.onnx").exists()
     assert sha256_file(out / "trunk.onnx") == trunk
     kept = [t for t in tasks if t.name != "middle"]
-    assert [r["passed"] for r in manifest["verification"]["results"] if r["file"] == "model.onnx"] == [True] * 4
+    assert [r["passed"] for r in manifest.info["verification"]["results"] if r["file"] == "model.onnx"] == [True] * 4
     _check_equal(bb, kept, out)
     with pytest.raises(ExportError, match="no task"):
         remove_tasks(out, [t.name for t in kept])

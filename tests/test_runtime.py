@@ -25,7 +25,7 @@ def export(tmp_path_factory):
     backbone = backbone_for(MODEL)
     tasks = three_depth_tasks(backbone)
     out = tmp_path_factory.mktemp("rt") / "export"
-    manifest = export_tasks(tasks, out, batch=(1, 4), verify=False)
+    manifest = export_tasks(tasks, out, batch=(1, 4), verify=False).to_json()
     return backbone, tasks, out, manifest
 
 
@@ -115,7 +115,7 @@ def test_fixed_batch_export_pads_and_trims(tmp_path):
     export_tasks(tasks, tmp_path / "fixed", batch=(2, 2), verify=False)
     x = np.random.default_rng(1).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
     with load_export(tmp_path / "fixed", device="cpu") as model:
-        assert model.manifest["input"]["shape"][0] == 2
+        assert model.manifest.input.shape[0] == 2
         one, five = model(x[:1]), model(x)
     ref = _reference(backbone, tasks, x)[tasks[0].name]
     assert one[tasks[0].name].shape == (1, tasks[0].num_classes) and five[tasks[0].name].shape == ref.shape

@@ -94,11 +94,12 @@ def test_trt_without_tensorrt_fails_at_once_with_the_install_hint(tmp_path):
 def test_trt_build_and_run(tmp_path):  # pragma: no cover - runs only where TensorRT is installed
     tasks = three_depth_tasks(backbone_for("resnet18"))
     manifest = export_tasks(tasks, tmp_path / "out", batch=(1, 8), fp16=True, trt=True,
-                            timing_cache=tmp_path / "cache")
+                            timing_cache=tmp_path / "cache").to_json()
     trt = manifest["tensorrt"]
     assert "model.plan" in manifest["files"] and trt["verification"]["passed"]
     assert trt["profile"]["max"] == [8, 3, SIZE, SIZE]
     assert trt["weights_bytes"] > 0 and trt["activation_bytes"] > 0
     assert (tmp_path / "cache").is_file()
-    again = export_tasks(tasks, tmp_path / "out2", batch=(1, 8), fp16=True, trt=True, timing_cache=tmp_path / "cache")
+    again = export_tasks(tasks, tmp_path / "out2", batch=(1, 8), fp16=True, trt=True,
+                         timing_cache=tmp_path / "cache").to_json()
     assert again["tensorrt"]["timing_cache_reused"] is True

@@ -4,10 +4,11 @@
 machines they came from live in ``benchmarks/results/``.
 """
 
+from subtune_edge.runtime.timing import Summary, added_per_task, summarize
+
 from .harness import BenchConfig, Budget, Harness, prune_outputs
 from .report import SCHEMA, check_results_dir, is_results_dir, markdown, plots, write_report
 from .run import load_bench_tasks, run_bench, run_suite
-from .stats import Summary, added_per_task, summarize
 from .suites import Suite, available, load_suite
 
 __all__ = ["BenchConfig", "Budget", "Harness", "prune_outputs", "SCHEMA", "check_results_dir",

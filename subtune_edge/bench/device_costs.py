@@ -26,6 +26,7 @@ from subtune_edge.exporters import export_onnx
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import make_runner, parse_backend, require
+from subtune_edge.runtime.timing import summarize
 from subtune_edge.schema import validate
 from subtune_edge.search.latency import COSTS_FORMAT as FORMAT
 from subtune_edge.search.latency import COSTS_SCHEMA, read_cost_table
@@ -33,7 +34,6 @@ from subtune_edge.synthetic import synthetic_task
 
 from . import environment
 from .harness import Budget, measure_pair, prune_outputs
-from .stats import summarize
 
 FORMAT_VERSION = 1
 HEAD_CLASSES = 10

@@ -89,7 +89,7 @@ def run(model: str, size: int, units: str, n_tasks: int, bn_init: str, repeat: i
             out = Path(tmp) / f"{name}-{i}"
             load_before = load()
             start = time.perf_counter()
-            manifest = export_tasks(tasks, out, weights=weights, input_size=(size, size), separate=separate)
+            manifest = export_tasks(tasks, out, weights=weights, input_size=(size, size), separate=separate).to_json()
             wall = time.perf_counter() - start
             runs.setdefault(name, []).append({
                 "wall_s": round(wall, 2), "steps_s": manifest["timings_s"], "load_before": load_before,

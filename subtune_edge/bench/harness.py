@@ -26,12 +26,12 @@ from subtune_edge.errors import ExportError, SubtuneError
 from subtune_edge.multitask import MultiTaskModel, SharingPlan, TaskModel
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import Manifest, RuntimeSpec, TaskOutput, make_runner, parse_backend, read_manifest
+from subtune_edge.runtime.timing import added_per_task, measure_pair, summarize
 
-from .measure import _activate, _Side, measure_pair, prune_outputs
+from .measure import _activate, _Side, prune_outputs
 from .memory import TegrastatsSampler
 from .memprobe import probe
 from .settings import PRECISIONS, BenchConfig, Budget
-from .stats import added_per_task, summarize
 
 __all__ = ["PRECISIONS", "BenchConfig", "Budget", "Harness", "measure_pair", "prune_outputs"]
 

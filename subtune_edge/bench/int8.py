@@ -79,7 +79,7 @@ def _run_one(name, tasks, weights, extra, out, seconds, threads, activations, pr
     with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
         start = time.perf_counter()
         manifest = export_tasks(tasks, out, weights=weights, batch=(1, 8), separate=True, int8=True,
-                                int8_activations=activations, **extra)
+                                int8_activations=activations, **extra).to_json()
         export_s = time.perf_counter() - start
         load_before = load()
         config = BenchConfig(backends=["ort-cpu"], batch_sizes=[1, 8], threads=threads, precisions=["fp32", "int8"],

@@ -39,13 +39,13 @@ from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.exporters import export_tasks
 from subtune_edge.io import atomic_write_json, atomic_write_text
 from subtune_edge.runtime import make_runner
+from subtune_edge.runtime.timing import summarize
 from subtune_edge.synthetic import synthetic_task
 
 from .export_time import load, machine, trained_like_weights
 from .harness import Budget, measure_pair
 from .memprobe import probe
 from .settings import RESULTS_DIR
-from .stats import summarize
 from .suites import SUITES_DIR, tomllib
 from .tables import section
 

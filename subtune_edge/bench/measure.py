@@ -1,9 +1,8 @@
-"""The measuring loop (fused and separate rounds alternated), each side's memory accounting, and the
-pruning of a fused graph to k tasks' outputs."""
+"""Each side's memory accounting and the pruning of a fused graph to k tasks' outputs (the alternated
+timing loop itself is :func:`subtune_edge.runtime.timing.measure_pair`)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import onnx.utils
 from subtune_edge.runtime import Runner
 
 from .memory import nvml_used_bytes, rss_bytes
-from .settings import Budget
 
 
 def prune_outputs(model_path: Path, outputs: list[str], out_path: Path) -> Path:
@@ -32,37 +30,6 @@ def prune_outputs(model_path: Path, outputs: list[str], out_path: Path) -> Path:
     """
     onnx.utils.extract_model(str(model_path), str(out_path), ["input"], outputs, check_model=True)
     return out_path
-
-
-def _time_round(runners: list[Runner]) -> float:
-    return sum(r.run_staged() for r in runners)
-
-
-def measure_pair(fused: list[Runner], separate: list[Runner], budget: Budget) -> tuple[list[float], list[float]]:
-    """Alternate one fused round and one separate round until the budget is spent.
-
-    Alternating, rather than measuring one side after the other, makes drift (clock boosts,
-    thermal throttling, other load) hit both sides alike, so their ratio stays honest.
-
-    Args:
-        fused: the runners of the fused side (staged already); a round runs each once.
-        separate: the runners of the separate side (staged already).
-        budget: warm-up and stopping rule.
-
-    Returns:
-        ``(fused_ms, separate_ms)``: one latency per round and side, in milliseconds.
-    """
-    for _ in range(budget.warmup):
-        _time_round(fused)
-        _time_round(separate)
-    a, b = [], []
-    start = time.perf_counter()
-    while len(a) < budget.max_runs:
-        a.append(_time_round(fused))
-        b.append(_time_round(separate))
-        if len(a) >= budget.min_runs and time.perf_counter() - start >= budget.seconds:
-            break
-    return a, b
 
 
 @dataclass

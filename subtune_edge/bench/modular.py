@@ -38,12 +38,12 @@ from subtune_edge.io import atomic_write_text
 from subtune_edge.multitask import BranchPlan, trunk_end
 from subtune_edge.runtime import OrtRunner, read_manifest
 from subtune_edge.runtime.modular import ModularRunner
+from subtune_edge.runtime.timing import summarize
 from subtune_edge.synthetic import synthetic_task
 
 from .export_time import load, machine, trained_like_weights
 from .harness import prune_outputs
 from .settings import RESULTS_DIR
-from .stats import summarize
 
 RESULTS = RESULTS_DIR / "modular"
 TARGETS = {"modular_all_over_fused": 1.03, "subset1_over_fused_subset1": 1.05}

@@ -1,5 +1,6 @@
-"""What a benchmark run measures: the :class:`BenchConfig` (backends, batch sizes, precisions) and
-the :class:`Budget` that says when one measurement point stops."""
+"""What a benchmark run measures: the :class:`BenchConfig` (backends, batch sizes, precisions); the
+:class:`~subtune_edge.runtime.timing.Budget` that says when one measurement point stops lives with the
+timing loop in the runtime layer (export uses it too, to time plain against grouped branches)."""
 
 from __future__ import annotations
 
@@ -7,43 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from subtune_edge.errors import SubtuneError
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-@dataclass
-class Budget:
-    """When one measurement point stops: after at least ``min_runs`` rounds *and* ``seconds``, or at
-    ``max_runs`` rounds, whichever comes first.
-
-    A time budget alone would give a slow backend a handful of samples and a fast one thousands;
-    the round bounds keep tail percentiles meaningful on both.
-    """
-
-    warmup: int = field(default=3, metadata={"help": "untimed rounds first (arenas, autotuning, caches)"})
-    min_runs: int = field(default=10, metadata={"help": "timed rounds at least, whatever the time budget"})
-    max_runs: int = field(default=200, metadata={"help": "timed rounds at most"})
-    seconds: float = field(default=10.0, metadata={"help": "time to keep measuring once min_runs are done"})
-
-    def check(self) -> Budget:
-        """Refuse a budget that cannot produce a measurement.
-
-        Returns:
-            The budget itself.
-
-        Raises:
-            SubtuneError: a negative warm-up or time, fewer than one timed round, or max below min.
-        """
-        if not (isinstance(self.warmup, int) and self.warmup >= 0):
-            raise SubtuneError(f"budget warmup must be an integer >= 0, got {self.warmup!r}", param="budget")
-        if not (_positive_int(self.min_runs) and _positive_int(self.max_runs) and self.min_runs <= self.max_runs):
-            raise SubtuneError(f"budget needs integers 1 <= min_runs <= max_runs, got {self.min_runs!r} and "
-                               f"{self.max_runs!r}", param="budget")
-        if not (isinstance(self.seconds, (int, float)) and self.seconds >= 0):
-            raise SubtuneError(f"budget seconds must be a number >= 0, got {self.seconds!r}", param="seconds")
-        return self
+from subtune_edge.runtime.timing import Budget, positive_int
 
 
 @dataclass
@@ -78,11 +43,11 @@ class BenchConfig:
         """
         if not self.backends or not all(isinstance(b, str) and b for b in self.backends):
             raise SubtuneError(f"{{param}} must name at least one backend, got {self.backends!r}", param="backends")
-        if not self.batch_sizes or not all(_positive_int(b) for b in self.batch_sizes):
+        if not self.batch_sizes or not all(positive_int(b) for b in self.batch_sizes):
             raise SubtuneError(f"{{param}} must be positive integers, got {self.batch_sizes!r}", param="batch_sizes")
         for name in ("threads", "max_tasks"):
             value = getattr(self, name)
-            if value is not None and not _positive_int(value):
+            if value is not None and not positive_int(value):
                 raise SubtuneError(f"{{param}} must be a positive integer, got {value!r}", param=name)
         if not self.precisions or any(p not in PRECISIONS for p in self.precisions):
             raise SubtuneError(f"{{param}} must be among {', '.join(PRECISIONS)}, got {self.precisions!r}",

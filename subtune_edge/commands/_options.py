@@ -7,7 +7,9 @@ torchrun entry point (``python -m subtune_edge.distributed``) all take it, and
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 
 import click
 
@@ -138,3 +140,116 @@ def training_specs(model: str, *, data_source: str, weights: str | None, input_s
     data = DataSpec(data_source, tuple(input_size) if input_size else None, val_fraction, 0, train_samples,
                     val_samples=val_samples)
     return spec, data, config
+
+
+# -- options generated from a config dataclass: declared once, in the library -------------------------
+def _cli(f: dataclasses.Field) -> dict:
+    return dict(f.metadata.get("cli", {}))
+
+
+def _parse_callback(parse):
+    """A click callback over a library parser (text -> value, raising SubtuneError)."""
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is None or value == ():
+            return value
+        try:
+            return tuple(parse(v) for v in value) if isinstance(value, tuple) else parse(value)
+        except SubtuneError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return callback
+
+
+def _field_option(cls: type, f: dataclasses.Field, hints: dict):
+    """The click option of one field, from its type, default and ``option()`` metadata (see :func:`docs.option`)."""
+    cli = _cli(f)
+    kw = cli.get("kw", f.name)
+    flag = cli.get("flag", "--" + kw.replace("_", "-"))
+    help_text = f.metadata.get("help", "")
+    text = help_text[0].upper() + help_text[1:] + ("." if help_text and not help_text.endswith(".") else "")
+    hint = hints[f.name]
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if cli.get("negate"):
+        return click.option(cli["negate"], kw, is_flag=True, flag_value=False, default=True,
+                            help=cli.get("negate_help", f"Do not: {help_text}."))
+    if base is bool:
+        return click.option(flag, kw, is_flag=True, default=bool(default), help=text)
+    extra: dict = {"help": text}
+    if "metavar" in cli:
+        extra["metavar"] = cli["metavar"]
+    if cli.get("multiple"):
+        extra.update(multiple=True, default=())
+    elif cli.get("csv"):
+        extra.update(default="", callback=lambda ctx, param, v: tuple(split_csv(v)))
+        return click.option(flag, kw, **extra)
+    elif "choices" in cli:
+        extra.update(type=click.Choice(list(cli["choices"])), default=default, show_default=default is not None)
+    elif "parse" in cli:
+        shown = cli.get("show", default)
+        extra.update(default=shown, callback=_parse_callback(cli["parse"]), show_default=shown is not None)
+    else:
+        scale = cli.get("scale", 1)
+        if base in (int, float) and default is not None:
+            extra.update(type=base, default=default // scale if scale != 1 else default, show_default=True)
+        elif base in (int, float):
+            extra.update(type=base, default=None)
+        else:
+            extra.update(default=default, show_default=default is not None)
+    return click.option(flag, kw, **extra)
+
+
+def dataclass_options(cls: type, *, switches: bool = True) -> list:
+    """click options for every field of a config dataclass, nested ``X | None`` dataclasses included.
+
+    A nested variant (``ExportOptions.int8``) becomes its on-switch (``--int8``) plus its own fields'
+    options by their flat names (``--int8-fallback``). Values reach the command as keyword arguments
+    named like the flat keywords the dataclass's ``build`` takes.
+    """
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in dataclasses.fields(cls):
+        if _cli(f).get("skip"):
+            continue
+        nested = next((a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)), None)
+        if nested is not None:
+            text = f.metadata.get("help", "")
+            options.append(click.option("--" + f.name.replace("_", "-"), f.name, is_flag=True,
+                                        help=text[0].upper() + text[1:] + "."))
+            options += dataclass_options(nested, switches=switches)
+            continue
+        options.append(_field_option(cls, f, hints))
+    return options
+
+
+def apply_options(options: list):
+    """Decorate a command with generated options, in declaration order."""
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return wrap
+
+
+def option_values(cls: type, values: dict) -> dict:
+    """The command's values as keywords of ``cls.build``: unset nested fields dropped, CLI scales undone."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        nested = next((a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)), None)
+        if nested is None:
+            cli = _cli(f)
+            kw = cli.get("kw", f.name)
+            if kw in values:
+                value = values[kw]
+                if cli.get("multiple"):
+                    value = tuple(value) or (None if f.default is None else f.default)
+                if cli.get("scale") and value is not None:
+                    value = value * cli["scale"]
+                out[kw] = value
+            continue
+        if not values.get(f.name):
+            continue
+        out[f.name] = True
+        out.update(option_values(nested, values))
+    return out

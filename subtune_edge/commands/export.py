@@ -10,10 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from subtune_edge.exporters import export_tasks
-from subtune_edge.exporters.shapes import parse_batch
+from subtune_edge.exporters import ExportOptions, export_tasks
 from subtune_edge.exporters.tensorrt import require_tensorrt
-from subtune_edge.exporters.verification import verify_with_runtimes
 
 from ..errors import ExportError
 from ..progress import Event
@@ -21,7 +19,7 @@ from ..runtime import Manifest, load_export, runtime_names
 from ..runtime.manifest import check_files, check_graph, raise_for_status, read_manifest
 from ..runtime.registry import families
 from ..task import load_tasks
-from ._options import input_size_option, split_csv, task_dir_option, weights_option
+from ._options import apply_options, dataclass_options, option_values, split_csv, task_dir_option
 from .model import render_plan
 
 
@@ -37,83 +35,33 @@ def _runtime(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
-    try:
-        return parse_batch(value)
-    except ExportError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command()
 @click.option("--tasks", "task_list", required=True, metavar="A,B,C",
               help="Comma-separated task names (in --task-dir) or paths to task files; outputs keep this order.")
 @task_dir_option
 @click.option("--out", required=True, type=click.Path(), help="Export folder to write (replaced atomically).")
-@weights_option
-@click.option("--opset", default=17, show_default=True, help="ONNX opset (the dynamo exporter uses 18 or later).")
-@click.option("--batch", "batch", default="1:32", show_default=True, callback=_batch, metavar="MIN:MAX",
-              help="Batch range: N (fixed), MIN:MAX (dynamic) or MIN:OPT:MAX (OPT: the batch TensorRT tunes for).")
-@input_size_option
-@click.option("--allow-resize", "allow_resize", is_flag=True,
-              help="Allow an --input-size other than the one the tasks were prepared at (recorded in the manifest).")
-@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (fp16 weights and compute, float32 I/O).")
-@click.option("--trt", is_flag=True, help="Also build model.plan with TensorRT (needs the 'trt' extra and a GPU).")
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx: INT8 QDQ calibrated on every task's images, "
-                                           "each task gated against fp32 on held-out images.")
-@click.option("--calibration", "calibration", multiple=True, metavar="DATA",
-              help="INT8 calibration data (repeatable): an image folder or a spec like digits:parity; TASK=DATA "
-                   "for one task. Default: each task's recorded training data.")
-@click.option("--calibration-samples", "calibration_samples", default=256, show_default=True,
-              help="INT8 calibration images in all, drawn evenly from the tasks (seeded).")
-@click.option("--calibration-method", "calibration_method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              default="minmax", show_default=True, help="How INT8 ranges are computed from the calibration images.")
-@click.option("--int8-min-agreement", "int8_min_agreement", default=0.98, show_default=True,
-              help="INT8 gate: least top-1 agreement with fp32 per task, on held-out images.")
-@click.option("--int8-max-drop", "int8_max_drop", default=0.01, show_default=True,
-              help="INT8 gate: largest accuracy drop per task (0.01 = 1 point).")
-@click.option("--int8-activations", "int8_activations", type=click.Choice(["int8", "uint8"]), default="int8",
-              show_default=True, help="int8: symmetric (TensorRT's explicit quantization); uint8: asymmetric, "
-                                      "ONNX Runtime's recommendation for x86 CPUs (faster there; not for --trt).")
-@click.option("--int8-fallback", "int8_fallback", is_flag=True,
-              help="Keep the branch of a task failing the INT8 gate in fp32 (and check again) instead of failing.")
-@click.option("--separate", is_flag=True, help="Also write separate/<task>.onnx: each task as a full standalone model.")
-@click.option("--modular", is_flag=True, help="Also write trunk.onnx + branches/<task>.onnx: add or remove tasks later "
-              "(add-task, remove-task), run only some (predict --tasks).")
-@click.option("--no-verify", "no_verify", is_flag=True, help="Skip comparing every output with PyTorch.")
-@click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter instead of TorchScript.")
-@click.option("--stacked", is_flag=True, help="Run frozen units shared by several branches once, on the branches' "
-                                              "activations stacked along the batch axis (fewer GPU kernels).")
-@click.option("--grouped", is_flag=True, help="Run the branches of tasks tuning the same units as one wider network: "
-                                              "stacked filters on the shared input, grouped convolutions after.")
-@click.option("--images", "images", multiple=True, type=click.Path(exists=True),
-              help="Image files or folders to verify on, besides the seeded batch (repeatable).")
-@click.option("--workspace", default=1024, show_default=True, metavar="MB", help="TensorRT workspace pool limit.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-              help="TensorRT timing cache file, reused across builds (default: ~/.cache/subtune-edge/).")
-@click.option("--ort-format", "ort_format", is_flag=True,
-              help="Also write model.ort (+ .fp16/.int8 twins) and required_operators.config: ONNX Runtime's mobile "
-                   "format, for a reduced-size ONNX Runtime build.")
-@click.option("--verify-with", "verify_with", default="", metavar="RUNTIMES",
-              help="Also verify the fused files on these registered runtimes (comma-separated): "
-                   + ", ".join(verify_with_runtimes()) + ".")
+@apply_options(dataclass_options(ExportOptions))
+@click.option("--grouped", is_flag=True, help="Shorthand for --branches grouped.")
+@click.option("--stacked", is_flag=True, help="Shorthand for --branches stacked.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of a summary.")
-def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: int, batch, input_size,
-           allow_resize: bool, fp16: bool, trt: bool, separate: bool, no_verify: bool, dynamo: bool, stacked: bool,
-           grouped: bool, images: tuple[str, ...], workspace: int, timing_cache: str | None, as_json: bool,
-           ort_format: bool = False, verify_with: str = "", modular: bool = False, int8: bool = False,
-           calibration: tuple[str, ...] = (), calibration_samples: int = 256, calibration_method: str = "minmax",
-           int8_min_agreement: float = 0.98, int8_max_drop: float = 0.01, int8_fallback: bool = False,
-           int8_activations: str = "int8") -> None:
-    """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, TensorRT, separate copies).
+def export(task_list: str, task_dir: str, out: str, as_json: bool, grouped: bool, stacked: bool, **values) -> None:
+    """Export tasks that share one backbone as ONE verified ONNX graph (+ fp16, INT8, TensorRT, separate copies).
 
     The frozen trunk runs once and each task adds only its own branch. Every output is checked
-    against the PyTorch task model in ONNX Runtime; past tolerance nothing is written.
+    against the PyTorch task model in ONNX Runtime; past tolerance nothing is written. Every option
+    is a field of subtune_edge.ExportOptions (the same names, defaults and help).
 
     \b
     Example:
       subtune-edge export --tasks digit,parity,ge5 --task-dir demo-out/tasks --out demo-out/export --separate
     """
-    if trt:
+    if grouped and stacked:
+        raise click.BadParameter("--grouped and --stacked are two branch layouts; pass one", param_hint="--branches")
+    keywords = option_values(ExportOptions, values)
+    if grouped or stacked:
+        keywords["branches"] = "grouped" if grouped else "stacked"
+    opts = ExportOptions.build(**keywords)
+    if opts.trt is not None:
         require_tensorrt()  # before anything else: a missing TensorRT costs nothing
     names = split_csv(task_list)
     if not names:
@@ -122,17 +70,7 @@ def export(task_list: str, task_dir: str, out: str, weights: str | None, opset: 
     start = time.perf_counter()
     tasks = load_tasks(names, task_dir)
     with console.status("exporting", spinner="dots") as status:
-        manifest = export_tasks(tasks, out, weights=weights, opset=opset, batch=batch, input_size=input_size,
-                                allow_resize=allow_resize, fp16=fp16, trt=trt, separate=separate,
-                                verify=not no_verify, dynamo=dynamo,
-                                progress=lambda event: _show(status, event), images=list(images) or None,
-                                ort_format=ort_format, verify_with=tuple(split_csv(verify_with)),
-                                workspace=workspace << 20, timing_cache=timing_cache, stacked=stacked,
-                                grouped=grouped, modular=modular, int8=int8,
-                                calibration=tuple(calibration) or None, calibration_samples=calibration_samples,
-                                calibration_method=calibration_method, int8_min_agreement=int8_min_agreement,
-                                int8_max_drop=int8_max_drop, int8_fallback=int8_fallback,
-                                int8_activations=int8_activations)
+        manifest = export_tasks(tasks, out, opts, progress=lambda event: _show(status, event)).to_json()
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return

@@ -66,7 +66,7 @@ def add_task(export: str, task_list: str, task_dir: str, weights: str | None, as
     before = _trunk_sha(export)
     console = Console(stderr=True)
     with console.status("adding tasks", spinner="dots") as status:
-        manifest = add_tasks(export, tasks, weights=weights, progress=lambda e: _show(status, e))
+        manifest = add_tasks(export, tasks, weights=weights, progress=lambda e: _show(status, e)).to_json()
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
@@ -88,7 +88,7 @@ def remove_task(export: str, names: tuple[str, ...], as_json: bool) -> None:
     before = _trunk_sha(export)
     console = Console(stderr=True)
     with console.status("removing tasks", spinner="dots") as status:
-        manifest = remove_tasks(export, wanted, progress=lambda e: _show(status, e))
+        manifest = remove_tasks(export, wanted, progress=lambda e: _show(status, e)).to_json()
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return

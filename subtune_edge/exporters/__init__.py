@@ -14,15 +14,17 @@ The building blocks are public so the benchmark harness can export subsets of ta
 from subtune_edge.runtime.compare import FP16, FP32, TF32, OutputComparison, Tolerance, compare_outputs
 from subtune_edge.runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, check_files, read_manifest, require_intact
 
-from .export import ExportOptions, export_tasks
+from .export import export_tasks
 from .fp16 import convert_fp16
+from .int8 import Int8Options
 from .manifest import write_manifest
 from .onnx_export import OnnxReport, check_onnx, duplicate_initializers, export_onnx, module_weight_bytes
+from .options import BRANCHES, ExportOptions, TrtOptions
 from .shapes import INPUT_NAME, check_batch, output_name, output_names, parse_batch
 from .tensorrt import BuildRecipe, build_engine, build_recipe, profile_shapes, require_tensorrt
 
 __all__ = [
-    "ExportOptions", "export_tasks",
+    "BRANCHES", "ExportOptions", "Int8Options", "TrtOptions", "export_tasks",
     "convert_fp16",
     "FORMAT", "FORMAT_VERSION", "Manifest", "check_files", "read_manifest", "require_intact", "write_manifest",
     "OnnxReport", "check_onnx", "duplicate_initializers", "export_onnx", "module_weight_bytes",

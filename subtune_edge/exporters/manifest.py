@@ -7,13 +7,14 @@ validator before it is written, so an export that its own reader would refuse is
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 from subtune_edge.io import atomic_write_json, jsonable, sha256_file
-from subtune_edge.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, Manifest
+from subtune_edge.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, FileRecord, Manifest
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "file_records", "versions", "now", "write_manifest"]
 
@@ -47,22 +48,21 @@ def now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def write_manifest(root: Path, manifest: dict) -> dict:
+def write_manifest(root: Path, manifest: Manifest) -> Manifest:
     """Hash every file in ``root`` into ``files``, seal with ``manifest_sha256``, write ``manifest.json``.
 
     Args:
         root: the staged export folder.
-        manifest: the record without ``files`` (JSON types).
+        manifest: the record, without ``files`` (they are what is in ``root`` now).
 
     Returns:
-        The manifest as written (JSON types: lists, not tuples).
+        The manifest as written, sealed.
 
     Raises:
         ExportError: the record would not pass :meth:`Manifest.from_json` (a bug, caught before publishing).
     """
-    record = jsonable({k: v for k, v in manifest.items() if k != "manifest_sha256"})
-    record["files"] = file_records(root)
-    sealed = Manifest.from_json(record, str(Path(root) / MANIFEST), require_hash=False).sealed()
-    text = sealed.to_json()
-    atomic_write_json(Path(root) / MANIFEST, text)
-    return text
+    files = {rel: FileRecord(**rec) for rel, rec in file_records(root).items()}
+    body = jsonable(dataclasses.replace(manifest, files=files, manifest_sha256=None).to_json())
+    sealed = Manifest.from_json(body, str(Path(root) / MANIFEST), require_hash=False).sealed()
+    atomic_write_json(Path(root) / MANIFEST, sealed.to_json())
+    return sealed

@@ -132,23 +132,21 @@ def _dummy_batch(batch: tuple[int, int]) -> int:
     return batch[0] if batch[0] == batch[1] else min(max(2, batch[0]), batch[1])
 
 
-def _torch_export(module: nn.Module, path: Path, names: list[str], input_size: tuple[int, int],
-                  batch: tuple[int, int], opset: int, exporter: str) -> None:
-    h, w = input_size
-    x = torch.zeros(_dummy_batch(batch), 3, h, w)
-    dynamic = batch[0] != batch[1]
+def _torch_export(module: nn.Module, path: Path, names: list[str], args: tuple[torch.Tensor, ...],
+                  input_names: list[str], dynamic: bool, batch: tuple[int, int], opset: int, exporter: str) -> None:
     module = module.eval()
     # the dynamo exporter prints its progress; library code must not print
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # tracer and deprecation chatter: the checks below are what count
         if exporter == "torchscript":
-            axes = {n: {0: BATCH_DIM} for n in [INPUT_NAME, *names]} if dynamic else None
-            torch.onnx.export(module, (x,), str(path), input_names=[INPUT_NAME], output_names=names,
+            axes = {n: {0: BATCH_DIM} for n in [*input_names, *names]} if dynamic else None
+            torch.onnx.export(module, args, str(path), input_names=input_names, output_names=names,
                               dynamic_axes=axes, opset_version=opset, dynamo=False, export_params=True,
                               do_constant_folding=True)
         else:
-            shapes = ({0: torch.export.Dim(BATCH_DIM, min=batch[0], max=batch[1])},) if dynamic else None
-            torch.onnx.export(module, (x,), str(path), input_names=[INPUT_NAME], output_names=names,
+            dim = torch.export.Dim(BATCH_DIM, min=batch[0], max=batch[1])
+            shapes = tuple({0: dim} for _ in args) if dynamic else None
+            torch.onnx.export(module, args, str(path), input_names=input_names, output_names=names,
                               dynamic_shapes=shapes, opset_version=opset, dynamo=True, external_data=False,
                               optimize=True, verify=False, report=False, verbose=False)
 
@@ -166,13 +164,17 @@ def tidy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, int]:
     return out, before_inits - len(out.graph.initializer), ids
 
 
-def _name_batch_dims(model: onnx.ModelProto, dynamic: bool) -> None:
-    """Every graph input/output has its first dim named 'batch' when the batch is dynamic."""
-    if not dynamic:
-        return
+def _set_io_shapes(model: onnx.ModelProto, dynamic: bool, shapes: dict[str, tuple] | None = None) -> None:
+    """Graph inputs and outputs get their first dim named 'batch' when the batch is dynamic; with ``shapes``
+    (name -> the module's real shape) every other dim is set too (the TorchScript exporter's symbolic
+    inference may mislabel spatial dims of intermediate tensors a modular trunk outputs)."""
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
-        if dims:
+        if shapes and value.name in shapes:
+            del dims[:]
+            for d in shapes[value.name]:
+                dims.add().dim_value = int(d)
+        if dims and dynamic:
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIM
 
@@ -191,17 +193,28 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None = None) 
     return None
 
 
-def check_onnx(path: Path, names: list[str] | None = None, module_bytes: int | None = None) -> None:
-    """The hard checks on a written file: checker, I/O names, no duplicate weights, size."""
+def check_onnx(path: Path, names: list[str] | None = None, module_bytes: int | None = None,
+               inputs: list[str] | None = None, slack_bytes: int = 0) -> None:
+    """The hard checks on a written file: checker, I/O names, no duplicate weights, size.
+
+    Args:
+        path: the ONNX file.
+        names: the outputs it must have, in order (None: not checked).
+        module_bytes: the unique weight bytes of the module it came from; the file may be at most
+            2% (plus ``slack_bytes`` of graph structure) larger.
+        inputs: the inputs it must have (default: the one image input).
+        slack_bytes: graph bytes allowed beyond the weights (a tiny branch is mostly structure).
+    """
+    inputs = inputs or [INPUT_NAME]
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise ExportError(f"{path.name} fails onnx.checker ({first}); report this with the model name") from exc
     model = onnx.load(str(path), load_external_data=True)
-    inputs = [i.name for i in model.graph.input]
-    if inputs != [INPUT_NAME]:
-        raise ExportError(f"{path.name} has inputs {inputs}, expected ['{INPUT_NAME}']")
+    got = [i.name for i in model.graph.input]
+    if got != inputs:
+        raise ExportError(f"{path.name} has inputs {got}, expected {inputs}")
     if names is not None and [o.name for o in model.graph.output] != names:
         raise ExportError(f"{path.name} has outputs {[o.name for o in model.graph.output]}, expected {names}")
     dups = duplicate_initializers(model)
@@ -210,18 +223,33 @@ def check_onnx(path: Path, names: list[str] | None = None, module_bytes: int | N
                           "shared frozen weights must appear once")
     if module_bytes:
         size, _ = file_bytes(path)
-        if size > module_bytes * (1 + SIZE_SLACK):
+        if size > module_bytes * (1 + SIZE_SLACK) + slack_bytes:
             raise ExportError(f"{path.name} is {size / 1e6:.1f} MB but the model's unique weights are "
                               f"{module_bytes / 1e6:.1f} MB (more than {SIZE_SLACK:.0%} over): weights are duplicated")
 
 
 def export_onnx(module: nn.Module, path: str | Path, output_names: list[str], input_size: tuple[int, int],
                 batch: tuple[int, int] = (1, 32), opset: int = 17, dynamo: bool = False, *,
-                external_data: bool | None = None) -> OnnxReport:
+                external_data: bool | None = None, example: tuple[torch.Tensor, ...] | None = None,
+                input_names: list[str] | None = None, slack_bytes: int = 0) -> OnnxReport:
     """Export ``module`` to ``path`` and run every check; returns what the file holds.
 
     ``batch`` is the (min, max) batch range: dynamic unless min == max. The TorchScript exporter is
     the default (timm's own scripts use it); ``dynamo=True`` uses torch.export and opset >= 18.
+
+    Args:
+        module: the model; ``forward(*inputs)`` returns a tensor or a tuple of tensors.
+        path: the file to write.
+        output_names: its outputs' names, in order.
+        input_size: (H, W) of the image input.
+        batch: the (min, max) batch range.
+        opset: the ONNX opset.
+        dynamo: use the torch.export-based exporter.
+        external_data: weights in ``<file>.data`` (None: only past protobuf's 2 GB).
+        example: the inputs to trace with, for modules that take something else than one image batch (a
+            modular branch takes trunk taps); every input and output shape is then written as traced.
+        input_names: the names of ``example``'s inputs (default: the one image input).
+        slack_bytes: graph bytes allowed beyond the unique weights (a tiny branch is mostly structure).
     """
     start = time.perf_counter()
     path = Path(path)
@@ -230,23 +258,32 @@ def export_onnx(module: nn.Module, path: str | Path, output_names: list[str], in
     exporter = "dynamo" if dynamo else "torchscript"
     if dynamo and opset < DYNAMO_MIN_OPSET:
         opset = DYNAMO_MIN_OPSET
+    h, w = input_size
+    args = example if example is not None else (torch.zeros(_dummy_batch(batch), 3, h, w),)
+    names_in = list(input_names or [INPUT_NAME])
+    shapes = None
+    if example is not None:
+        with torch.no_grad():
+            values = module.eval()(*args)
+        values = values if isinstance(values, tuple) else (values,)
+        shapes = {**dict(zip(names_in, (a.shape for a in args))), **dict(zip(output_names, (v.shape for v in values)))}
     # a private folder: past 2 GB the TorchScript exporter writes one file per tensor beside the model
     with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         try:
-            _torch_export(module, raw, list(output_names), tuple(input_size), tuple(batch), opset, exporter)
+            _torch_export(module, raw, list(output_names), args, names_in, lo != hi, batch, opset, exporter)
         except Exception as exc:  # the exporters raise many types; all mean "this model did not export"
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             other = "the dynamo exporter" if not dynamo else "the default TorchScript exporter"
             raise ExportError(f"the {exporter} exporter failed on this model ({msg}); try {other}") from exc
         model = onnx.load(str(raw), load_external_data=True)
     model, merged, identities = tidy(model)
-    _name_batch_dims(model, batch[0] != batch[1])
+    _set_io_shapes(model, lo != hi, shapes)
     model.producer_name, model.producer_version = "subtune-edge", _version()
     count, init_bytes = len(model.graph.initializer), initializer_bytes(model)  # saving may move them out
     external = save_onnx(model, path, external_data)
     weight_bytes = module_weight_bytes(module)
-    check_onnx(path, list(output_names), weight_bytes)
+    check_onnx(path, list(output_names), weight_bytes, names_in, slack_bytes)
     size, _ = file_bytes(path)
     return OnnxReport(file=path.name, exporter=exporter, opset=opset, bytes=size, external_data=external,
                       initializers=count, initializer_bytes=init_bytes,

@@ -67,3 +67,20 @@ def check_batch(batch: tuple[int, ...]) -> tuple[int, int, int]:
     if not 1 <= lo <= opt <= hi:
         raise ExportError(f"batch range {lo}:{opt}:{hi} must satisfy 1 <= min <= opt <= max (for example 1:32)")
     return lo, opt, hi
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'224' or '224,224' (or 224x224) -> (224, 224).
+
+    Raises:
+        ExportError: not H,W of at least 8.
+    """
+    try:
+        parts = [int(v) for v in str(text).replace("x", ",").split(",")]
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or min(parts) < 8:
+            raise ValueError
+    except ValueError:
+        raise ExportError(f"'{text}' is not H,W of at least 8 (for example 224,224)") from None
+    return parts[0], parts[1]

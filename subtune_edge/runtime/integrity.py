@@ -40,15 +40,17 @@ def inside(root: Path, rel: str) -> Path:
     return path
 
 
-def listed_files(manifest: Mapping) -> dict[str, dict]:
+def listed_files(manifest) -> dict[str, dict]:
     """The manifest's ``files`` as JSON (path -> {sha256, bytes}), each path checked to stay inside.
 
     Takes a :class:`Manifest` or its JSON form, so that a manifest held as a dict is checked the same way.
     """
-    files = manifest["files"]
-    for rel in files:
+    files = manifest.files if hasattr(manifest, "files") else manifest["files"]
+    out = {}
+    for rel, rec in files.items():
         safe_relpath(rel)
-    return dict(files)
+        out[rel] = rec.to_json() if hasattr(rec, "to_json") else rec
+    return out
 
 
 def selected(manifest: Mapping, only: Collection[str] | None) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Manifest(Mapping):
+class Manifest:
     """An export's ``manifest.json``, checked: the fields apps rely on as typed attributes.
 
     The fields that document how the files were made (``onnx``, ``sizes``, ``plan``,
     ``verification``, ``tensorrt``, ``timings_s``, ``versions``, ...) are in ``info`` as JSON.
-    A ``Manifest`` is also a read-only mapping over :meth:`to_json`, for code written against
-    the JSON form (``manifest["tasks"][0]["labels"]``); new code should use the attributes.
     """
 
     backbone: dict
@@ -105,22 +103,6 @@ class Manifest(Mapping):
             if name in (t.name, t.output):
                 return t
         raise ExportError(f"the export has no task '{name}'; its tasks are {', '.join(self.task_names)}")
-
-    def __getitem__(self, key: str) -> Any:
-        return self._json()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._json())
-
-    def __len__(self) -> int:
-        return len(self._json())
-
-    def _json(self) -> dict:
-        cached = self.__dict__.get("_json_cache")
-        if cached is None:
-            cached = self.to_json()
-            object.__setattr__(self, "_json_cache", cached)
-        return cached
 
     # -- JSON ---------------------------------------------------------------------------------------
     def to_json(self) -> dict:

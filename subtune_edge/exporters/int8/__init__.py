@@ -30,12 +30,22 @@ task calibrates and gates on), :mod:`.calibration` (trunk / branch / shape nodes
 from .calibration import ArrayReader, branch_nodes, calibrate, head_nodes, shape_nodes
 from .gate import gate
 from .images import ImagePool, TaskImages, recorded_source, task_images
-from .options import ACTIVATIONS, METHODS, QUANTIZER, Int8Options, check_options, options_from
+from .options import (
+    ACTIVATIONS,
+    METHODS,
+    QUANTIZER,
+    TARGETS,
+    Int8Options,
+    activations_for,
+    check_options,
+    resolve_targets,
+)
 from .pipeline import Int8Export, Int8Result, export_all, export_int8
 from .quantization import prepare, quantize
 
 __all__ = [
-    "ACTIVATIONS", "METHODS", "QUANTIZER", "Int8Options", "check_options", "options_from",
+    "ACTIVATIONS", "METHODS", "QUANTIZER", "TARGETS", "Int8Options", "activations_for", "check_options",
+    "resolve_targets",
     "ImagePool", "TaskImages", "recorded_source", "task_images",
     "ArrayReader", "branch_nodes", "calibrate", "head_nodes", "shape_nodes",
     "prepare", "quantize",

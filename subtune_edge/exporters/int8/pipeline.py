@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from subtune_edge.errors import ExportError
 from subtune_edge.progress import Progress, emit
+from subtune_edge.runtime.records import Int8Figures, TaskOutput
 from subtune_edge.task import Task
 
 from .calibration import branch_nodes, calibrate, head_nodes, shape_nodes
@@ -117,16 +118,17 @@ class Int8Export:
     separate: dict[str, dict]
     summary: dict
 
-    def apply(self, record: dict) -> dict:
-        """Add the INT8 fields to a manifest record being built: ``int8`` and each task's ``int8``."""
-        for task in record["tasks"]:
-            out = task["output"]
-            if out in self.tasks:
-                task["int8"] = self.tasks[out]
-            if out in self.separate:
-                task["separate_int8"] = f"separate/{out}.int8.onnx"
-        record["int8"] = self.summary
-        return record
+    def apply(self, tasks: list[TaskOutput]) -> list[TaskOutput]:
+        """The manifest's task records with their INT8 fields: ``int8`` and ``separate_int8``."""
+        out = []
+        for t in tasks:
+            changes: dict = {}
+            if t.output in self.tasks:
+                changes["int8"] = Int8Figures.from_json(self.tasks[t.output])
+            if t.output in self.separate:
+                changes["separate_int8"] = f"separate/{t.output}.int8.onnx"
+            out.append(replace(t, **changes))
+        return out
 
 
 def export_all(staging: Path, tasks: list[Task], outs: list[str], preprocessing: dict, size, batch, opts: Int8Options,

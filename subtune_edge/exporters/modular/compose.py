@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import onnx.compose
 
 from subtune_edge.runtime.modular_layout import ModularLayout
 
@@ -14,42 +15,25 @@ from ..onnx_export import check_onnx, file_bytes, save_onnx, tidy
 def compose_fused(root: Path, layout: ModularLayout, path: Path) -> dict:
     """Rebuild the fused graph from ``trunk.onnx`` and the branches: one input, one output per task.
 
-    Each branch's nodes and weights are prefixed by its output name and wired to the trunk's tap
-    tensors; the tidy pass then stores equal weights once and drops trunk nodes no branch reads.
+    ``onnx.compose`` does the wiring: each branch gets its output name as a prefix on its nodes,
+    edges and weights (:func:`onnx.compose.add_prefix`, inputs and output kept), then is merged onto
+    the graph so far with its taps connected to the trunk's tap outputs (:func:`onnx.compose.merge_models`,
+    the taps kept as outputs until the last branch is in). The tidy pass then stores equal weights
+    once and drops trunk nodes no branch reads.
 
     Returns:
         The file's report.
     """
     trunk = onnx.load(str(root / layout.trunk.file))
-    graph = trunk.graph
-    nodes, inits = list(graph.node), list(graph.initializer)
-    outputs = []
+    taps = [o.name for o in trunk.graph.output]
+    model, done = trunk, []
     for b in layout.branches:
-        model = onnx.load(str(root / b.file))
-        keep = set(b.taps) | {b.output}
-        rename = {}
-        for node in model.graph.node:
-            for name in node.output:
-                if name and name not in keep:
-                    rename[name] = f"{b.output}/{name}"
-        for init in model.graph.initializer:
-            rename[init.name] = f"{b.output}/{init.name}"
-        for node in model.graph.node:
-            new = onnx.NodeProto()
-            new.CopyFrom(node)
-            new.name = f"{b.output}/{node.name}"
-            new.input[:] = [rename.get(n, n) for n in node.input]
-            new.output[:] = [rename.get(n, n) for n in node.output]
-            nodes.append(new)
-        for init in model.graph.initializer:
-            new = onnx.TensorProto()
-            new.CopyFrom(init)
-            new.name = rename[init.name]
-            inits.append(new)
-        outputs.append(model.graph.output[0])
-    fused = onnx.helper.make_graph(nodes, "fused", [graph.input[0]], outputs, inits)
-    model = onnx.helper.make_model(fused, opset_imports=list(trunk.opset_import), ir_version=trunk.ir_version,
-                                   producer_name="subtune-edge")
+        branch = onnx.compose.add_prefix(onnx.load(str(root / b.file)), f"{b.output}/", rename_inputs=False,
+                                         rename_outputs=False)
+        done.append(b.output)
+        model = onnx.compose.merge_models(model, branch, io_map=[(t, t) for t in b.taps],
+                                          outputs=[*taps, *done] if len(done) < len(layout.branches) else done,
+                                          producer_name="subtune-edge")
     model, merged, _ = tidy(model)
     save_onnx(model, path)
     check_onnx(path, [b.output for b in layout.branches])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from subtune_edge.errors import ExportError, TaskFileError
@@ -13,6 +14,7 @@ from subtune_edge.multitask import BranchPlan, SharingPlan, trunk_end, weights_f
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import OrtRunner, is_export_dir, read_manifest
 from subtune_edge.runtime.compare import FP32
+from subtune_edge.runtime.manifest import Manifest, TaskOutput
 from subtune_edge.runtime.modular import ModularRunner
 from subtune_edge.runtime.modular_layout import TRUNK_FILE, ModularLayout, branch_file
 from subtune_edge.task import Task
@@ -29,7 +31,8 @@ from .graphs import export_branch, export_trunk, layout_record, weight_hashes
 from .modules import branch_taps, ordered_taps, tap_depth
 
 #: files an add-task makes stale and removes (their graphs lack the new task); re-export to get them back
-STALE_ON_ADD = ("model.fp16.onnx", "model.plan")
+STALE_ON_ADD = ("model.fp16.onnx", "model.plan", "model.int8.onnx", "model.ort", "model.fp16.ort", "model.int8.ort",
+                "required_operators.config")
 
 
 def _refuse_other_weights(tasks: list[Task], manifest) -> None:
@@ -78,45 +81,45 @@ def _plan_json(manifest, unit_names: list[str], tasks: list[dict]) -> dict:
     return SharingPlan(manifest.backbone["model_name"], list(unit_names), trunk_end(n, branches), branches).to_json()
 
 
-def _task_record(task: Task, output: str, dim) -> dict:
-    return {"name": task.name, "output": output, "shape": [dim, task.num_classes], "num_classes": task.num_classes,
-            "labels": list(task.labels), "tuned_units": list(task.tuned_units), "siamese": task.siamese,
-            "mode": task.mode, "val_accuracy": task.training.get("val_accuracy")}
-
-
-def _updated_manifest(manifest, staging: Path, task_records: list[dict], record: dict, reports: dict,
-                      results: list[dict], change: dict, removed_files: list[str], unit_names: list[str]) -> dict:
+def _updated_manifest(manifest: Manifest, staging: Path, tasks: list[TaskOutput], record: dict, reports: dict,
+                      results: list[dict], change: dict, removed_files: list[str], unit_names: list[str]) -> Manifest:
     """The manifest after an add / remove: tasks, modular section, plan, ONNX reports, verification, sizes."""
-    data = {k: v for k, v in manifest.to_json().items() if k not in ("files", "manifest_sha256")}
-    data["tasks"] = task_records
-    data["modular"] = record
-    data["plan"] = _plan_json(manifest, unit_names, task_records)
-    data["stacked_branches"] = False
-    onnx_reports = {k: v for k, v in (data.get("onnx") or {}).items()
+    info = dict(manifest.info)
+    info["modular"] = record
+    info["plan"] = _plan_json(manifest, unit_names, [t.to_json() for t in tasks])
+    info["stacked_branches"] = False
+    info["grouped_branches"] = None
+    info["branches"] = {"mode": "plain", "chosen": "plain", "reason": "rebuilt from trunk and branches"}
+    onnx_reports = {k: v for k, v in (info.get("onnx") or {}).items()
                     if k not in removed_files and (staging / k).exists()}
-    data["onnx"] = {**onnx_reports, **reports}
+    info["onnx"] = {**onnx_reports, **reports}
     if "model.plan" in removed_files:
-        data["tensorrt"] = None
-    keep = {t["name"] for t in task_records}
-    old = data.get("verification") or {}
+        info["tensorrt"] = None
+    if "model.int8.onnx" in removed_files:
+        info.pop("int8", None)
+    if "model.ort" in removed_files:
+        info.pop("ort_format", None)
+    keep = {t.name for t in tasks}
+    old = info.get("verification") or {}
     old_results = [r for r in old.get("results", []) if r.get("task") in keep
                    and r.get("file") not in ("model.onnx", MODULAR_FILE, *removed_files)]
-    data["verification"] = {**{k: v for k, v in old.items() if k not in ("passed", "skipped")}, "passed": True,
+    info["verification"] = {**{k: v for k, v in old.items() if k not in ("passed", "skipped")}, "passed": True,
                             "results": old_results + results}
-    data["verification"].setdefault("tolerance", FP32.rel)
-    sizes = dict(data.get("sizes") or {})
+    info["verification"].setdefault("tolerance", FP32.rel)
+    sizes = dict(info.get("sizes") or {})
     sizes["fused_bytes"] = file_bytes(staging / "model.onnx")[0]
     sizes["modular_bytes"] = sum(file_bytes(staging / f)[0] for f in
                                  [TRUNK_FILE, *(b["file"] for b in record["branches"])])
-    sizes.pop("ratio", None) if any(not t.get("separate") for t in task_records) else None
-    data["sizes"] = sizes
-    data["changes"] = [*(data.get("changes") or []), {"at": manifest_mod.now(), **change}]
-    data["versions"] = manifest_mod.versions()
-    return data
+    if any(t.separate is None for t in tasks):
+        sizes.pop("ratio", None)
+    info["sizes"] = sizes
+    info["changes"] = [*(info.get("changes") or []), {"at": manifest_mod.now(), **change}]
+    info["versions"] = manifest_mod.versions()
+    return replace(manifest, tasks=tuple(tasks), info=info, files={}, manifest_sha256=None)
 
 
 def add_tasks(export: str | os.PathLike, tasks: list[Task], *, weights: str | None = None,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None) -> Manifest:
     """Add (or replace, by name) tasks in a published modular export, atomically and verified.
 
     A task whose branch point the trunk already taps adds only ``branches/<output>.onnx``:
@@ -135,7 +138,7 @@ def add_tasks(export: str | os.PathLike, tasks: list[Task], *, weights: str | No
         progress: called with an :class:`~subtune_edge.progress.Event` per step.
 
     Returns:
-        The new manifest (JSON types).
+        The new, sealed :class:`~subtune_edge.runtime.Manifest`.
 
     Raises:
         ExportError: not a modular export, a changed file, a task at another input size, a trunk
@@ -211,14 +214,12 @@ def add_tasks(export: str | os.PathLike, tasks: list[Task], *, weights: str | No
             if (staging / rel).exists():
                 (staging / rel).unlink()
                 removed.append(rel)
-        dim = manifest.batch.dim
-        task_records = [t.to_json() for t in kept]
-        for rec in task_records:
-            if rec.get("separate") in removed:
-                rec.pop("separate")
-        task_records += [_task_record(t, o, dim) for t, o in zip(tasks, new_outs)]
+        records = [replace(t, separate=None if t.separate in removed else t.separate,
+                           separate_int8=None if t.separate_int8 in removed else t.separate_int8,
+                           int8=None if "model.int8.onnx" in removed else t.int8) for t in kept]
+        records += [TaskOutput.for_task(t, o, manifest.batch.dim) for t, o in zip(tasks, new_outs)]
         change = {"added": new_names, "removed": [], "removed_files": removed, "trunk_version": version}
-        data = _updated_manifest(manifest, staging, task_records, record, reports, results, change, removed, names)
+        data = _updated_manifest(manifest, staging, records, record, reports, results, change, removed, names)
         emit(progress, STAGE, "hashing files and writing manifest.json", step="manifest")
         return manifest_mod.write_manifest(staging, data)
 
@@ -234,7 +235,7 @@ def _verify_changed(staging: Path, record: dict, refs, batches, names: list[str]
     return results + fused
 
 
-def remove_tasks(export: str | os.PathLike, names: Sequence[str], *, progress: Progress | None = None) -> dict:
+def remove_tasks(export: str | os.PathLike, names: Sequence[str], *, progress: Progress | None = None) -> Manifest:
     """Remove tasks from a published modular export, atomically; the others stay verified.
 
     The trunk is left byte for byte as it is (a tap no branch reads any more costs nothing: a
@@ -248,7 +249,7 @@ def remove_tasks(export: str | os.PathLike, names: Sequence[str], *, progress: P
         progress: called with an :class:`~subtune_edge.progress.Event` per step.
 
     Returns:
-        The new manifest (JSON types).
+        The new, sealed :class:`~subtune_edge.runtime.Manifest`.
 
     Raises:
         ExportError: not a modular export, an unknown task, removing every task, a changed file.
@@ -287,7 +288,6 @@ def remove_tasks(export: str | os.PathLike, names: Sequence[str], *, progress: P
         names_all = list((manifest.info.get("plan") or {}).get("unit_names") or [])
         change = {"added": [], "removed": sorted(gone), "removed_files": removed,
                   "trunk_version": layout.trunk.version}
-        data = _updated_manifest(manifest, staging, [t.to_json() for t in kept], record, reports, results, change,
-                                 removed, names_all)
+        data = _updated_manifest(manifest, staging, list(kept), record, reports, results, change, removed, names_all)
         emit(progress, STAGE, "hashing files and writing manifest.json", step="manifest")
         return manifest_mod.write_manifest(staging, data)
