@@ -26,3 +26,11 @@ def files_written_follow_their_schemas(tmp_path_factory):
     yield
     counts, failures = schema_failures(tmp_path_factory.getbasetemp())
     assert not failures, f"{len(failures)} written file(s) break their schema:\n" + "\n".join(failures[:20])
+
+
+@pytest.fixture(scope="session")
+def binaries():
+    """The C++ runner, built once per session (release and sanitizer builds; see tests/cpp.py)."""
+    from .cpp import build
+
+    return build()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,8 @@ from subtune_edge.backbone import Backbone, create_backbone, model_args_for_inpu
 from subtune_edge.synthetic import synthetic_task
 from subtune_edge.task import Task
 
-torch.set_num_threads(2)
+# under pytest-xdist the cores are shared between the workers
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 SIZE = 64
 # One model per family, small enough to run at 64x64 in well under a second.

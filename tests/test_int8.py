@@ -23,7 +23,7 @@ from subtune_edge.runtime import load_export, read_manifest
 from subtune_edge.task import save_task
 from subtune_edge.train import TrainConfig, train
 
-from .test_cpp import binaries, run_cpp, run_ok  # noqa: F401  (binaries: the C++ build fixture)
+from .cpp import run_cpp, run_ok
 
 SIZE = 32
 TASKS = {"digit": ("digits:digit", ["conv_head"]), "parity": ("digits:parity", ["blocks.6.0", "conv_head"]),
@@ -211,7 +211,7 @@ def test_tensorrt_int8_recipe_builds_from_the_qdq_file(version, flags, typed):
 
 
 @pytest.mark.slow
-def test_cpp_runner_runs_the_int8_file_and_matches_python(binaries, exported, tmp_path):  # noqa: F811
+def test_cpp_runner_runs_the_int8_file_and_matches_python(binaries, exported, tmp_path):
     out, manifest = exported
     batch = np.random.default_rng(1).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32) * 0.5
     np.save(tmp_path / "x.npy", batch)

@@ -18,11 +18,9 @@ from subtune_edge.exporters.ort_format import parse_config
 from subtune_edge.io import sha256_file
 from subtune_edge.runtime import OrtRunner, load_export, read_manifest
 from subtune_edge.runtime.ort_layout import OrtFormat
-from tests import test_cpp
 from tests.helpers import SIZE, backbone_for, three_depth_tasks
-from tests.test_cpp import run_cpp, run_ok
 
-cpp_build = test_cpp.binaries  # the module-scoped C++ build fixture, shared with tests/test_cpp.py
+from .cpp import run_cpp, run_ok
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +121,20 @@ def test_ort_format_refusals(tmp_path, ort_export):
 
 # -- the C++ runner on the .ort files (built like tests/test_cpp.py builds it) ---------------------------------
 @pytest.mark.slow
-def test_cpp_runner_runs_the_ort_files(cpp_build, ort_export, tmp_path):
+def test_cpp_runner_runs_the_ort_files(binaries, ort_export, tmp_path):
     x = np.random.default_rng(7).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
     batch = tmp_path / "batch.npy"
     np.save(batch, x)
     for precision, model_args in (("fp32", []), ("fp16", ["--model", "model.fp16.onnx"])):
         out = tmp_path / precision
-        run_ok(cpp_build["release"], ort_export, batch, "--ort-format", *model_args, "--json", "--dump-outputs", out)
+        run_ok(binaries["release"], ort_export, batch, "--ort-format", *model_args, "--json", "--dump-outputs", out)
         with load_export(ort_export, device="cpu", precision=precision, format="ort", threads=2) as model:
             ref = model.run(x)
         for task, logits in ref.items():
             assert float(np.abs(np.load(out / f"{task}.npy") - logits).max()) <= 1e-4 * max(1.0, np.abs(logits).max())
     plain = tmp_path / "plain"
     export_tasks(three_depth_tasks(backbone_for("resnet18"))[:1], plain, verify=False)
-    proc = run_cpp(cpp_build["release"], plain, batch, "--ort-format")
+    proc = run_cpp(binaries["release"], plain, batch, "--ort-format")
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {plain} has no model.ort: re-export with "
                                                            "--ort-format")

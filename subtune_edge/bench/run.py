@@ -41,7 +41,8 @@ def load_bench_tasks(export_dir: str | Path, task_dir: str | Path, weights: str 
 
 
 def run_bench(export_dir: str | Path, config: BenchConfig, *, tasks=None, backbone=None,
-              progress: Progress | None = None, title: str | None = None, suite: dict | None = None) -> dict:
+              progress: Progress | None = None, title: str | None = None, suite: dict | None = None,
+              memory_probe: bool = True) -> dict:
     """Measure fused vs separate for k = 1..N on every configured backend.
 
     Args:
@@ -53,6 +54,8 @@ def run_bench(export_dir: str | Path, config: BenchConfig, *, tasks=None, backbo
         progress: receives an :class:`~subtune_edge.progress.Event` per measurement point.
         title: the report's title; default backbone and task count.
         suite: the suite's description, recorded when a suite runs.
+        memory_probe: measure each side's resident memory in a fresh process (cleaner figures, a process
+            per point); off, RSS growth is measured in this process.
 
     Returns:
         The content of results.json (valid per ``subtune_edge/schema/bench-results.schema.json``).
@@ -60,7 +63,8 @@ def run_bench(export_dir: str | Path, config: BenchConfig, *, tasks=None, backbo
     Raises:
         SubtuneError: bad settings, or an export that is missing, invalid or tampered with.
     """
-    harness = Harness(export_dir, config, tasks=tasks, backbone=backbone, progress=progress)
+    harness = Harness(export_dir, config, tasks=tasks, backbone=backbone, progress=progress,
+                      memory_probe=memory_probe)
     measured = harness.run()
     manifest = harness.manifest
     model_name = manifest.backbone.get("model_name")

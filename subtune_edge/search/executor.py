@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -36,6 +37,9 @@ class Executor:
     """Runs ``fn(item, device)`` for every item; yields results as runs finish (not in input order)."""
 
     devices: list[str]
+    #: whether maps from several threads run at the same time (workers elsewhere), so that independent
+    #: searches can share the workers; the local executor runs one run at a time in this thread
+    concurrent: bool = False
 
     def map(self, fn: RunFn, items: Iterable[Any]) -> Iterator[Any]:
         """Run ``fn(item, device)`` for every item.
@@ -122,6 +126,10 @@ class ProcessExecutor(Executor):
         cpu_workers = sum(1 for d in self.devices if d == "cpu")
         self.threads = threads_per_worker or (max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None)
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    #: runs of several maps (from several threads) can be in flight at once
+    concurrent = True
 
     def map(self, fn: RunFn, items: Iterable[Any]) -> Iterator[Any]:
         items = list(items)
@@ -141,6 +149,10 @@ class ProcessExecutor(Executor):
     def _get_pool(self) -> ProcessPoolExecutor:
         # one pool for the executor's life: its workers keep their backbones, data and prefix caches
         # warm from one round of a search to the next
+        with self._lock:
+            return self._pool or self._start_pool()
+
+    def _start_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()

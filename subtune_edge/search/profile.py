@@ -84,13 +84,14 @@ def finetuning_profile(setup: SearchSetup, windows: tuple[int, ...] = (1,), unit
     sets = profile_sets(names, tuple(windows), units)
     if not sets:
         raise SubtuneError(f"no window of sizes {list(windows)} fits the chosen units")
-    scores = ev.score_many([s for _, _, s in sets] + [(), tuple(names)])
+    # full finetuning first: the longest run starts first, so parallel workers finish together
+    ft, lp_score, *scores = ev.score_many([tuple(names), (), *(s for _, _, s in sets)])
     entries = [dict(sc.to_json(), start=i, window=w) for (i, w, _), sc in zip(sets, scores)]
-    lp = scores[-2].to_json()
+    lp = lp_score.to_json()
     if setup.siamese:
         lp["mode"] = "linear-probe"
     return Profile(setup.backbone.model_name, setup.data.to_json(), setup.config.to_json(), list(setup.seeds),
-                   list(windows), names, entries, lp, scores[-1].to_json(), ev.new_runs, ev.reused_runs)
+                   list(windows), names, entries, lp, ft.to_json(), ev.new_runs, ev.reused_runs)
 
 
 def plot_profile(profile: Profile, path: str | Path) -> Path:
