@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint cpp clean
+.PHONY: demo test test-fast lint cpp clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/subtune-edge demo --out demo-out
 
+# the whole suite, on two pytest-xdist workers (files stay whole on one worker: their fixtures are built once)
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# the edit loop: everything but the tests marked slow (C++ builds, the demo, trained INT8 tasks, processes)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # ruff, then the import-linter contracts in pyproject.toml (the layers of ARCHITECTURE.md)
 lint: $(STAMP)

@@ -87,6 +87,7 @@ def small_export(tmp_path_factory):
     return out, tasks, backbone
 
 
+@pytest.mark.slow
 def test_harness_on_ort_and_torch_cpu_writes_a_complete_report(small_export, tmp_path):
     out, tasks, backbone = small_export
     config = BenchConfig(backends=["ort-cpu", "torch-cpu", "torch-cuda", "ort-cuda", "trt"], batch_sizes=[1, 2],

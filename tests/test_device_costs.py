@@ -8,6 +8,8 @@ from subtune_edge.bench.harness import Budget
 from subtune_edge.cli import main
 from subtune_edge.errors import SubtuneError
 
+pytestmark = pytest.mark.slow
+
 TINY = Budget(warmup=1, min_runs=3, max_runs=5, seconds=0.0)
 
 

@@ -21,6 +21,8 @@ from subtune_edge.task import load_task
 from subtune_edge.train import TrainConfig, get_backbone, get_data, split_batches, train
 from subtune_edge.train.ddp import DDPWorld, DistContext, global_batches, shard
 
+pytestmark = pytest.mark.slow
+
 MODEL = "vit_tiny_patch16_224"   # LayerNorm only: per-process slices give exactly the global batch's gradient
 SIZE = (32, 32)
 UNITS = ["blocks.10", "blocks.11"]

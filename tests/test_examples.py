@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 

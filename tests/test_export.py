@@ -122,6 +122,7 @@ def test_every_frozen_weight_appears_once(exported):
     assert manifest["onnx"]["model.onnx"]["size_ratio"] <= 1.02
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_matches_too(tmp_path):
     backbone = backbone_for("resnet18")
     tasks = three_depth_tasks(backbone)

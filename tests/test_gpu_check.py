@@ -7,6 +7,8 @@ import torch
 
 from subtune_edge.bench import gpu_check
 
+pytestmark = pytest.mark.slow
+
 
 def test_cpu_fallback_runs_end_to_end(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--cpu-fallback"]) == 0

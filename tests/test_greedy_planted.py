@@ -28,6 +28,8 @@ from subtune_edge.search import (
 from subtune_edge.search.greedy import _pick
 from subtune_edge.train import TrainConfig, get_backbone
 
+pytestmark = pytest.mark.slow
+
 CANDIDATES = ("layer4.0", "layer4.1")
 
 

@@ -25,6 +25,8 @@ from subtune_edge.train import TrainConfig, train
 
 from .cpp import run_cpp, run_ok
 
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 TASKS = {"digit": ("digits:digit", ["conv_head"]), "parity": ("digits:parity", ["blocks.6.0", "conv_head"]),
          "ge5": ("digits:ge5", ["conv_head"])}

@@ -5,6 +5,8 @@ import torch
 
 from subtune_edge.bench import k_scaling, suites
 
+pytestmark = pytest.mark.slow
+
 
 def test_suites_build_trained_like_weights(tmp_path, monkeypatch):
     """bn_init = "trained-like": no BatchNorm scale is zero, so folded convolutions cannot be all zeros."""

@@ -247,6 +247,7 @@ def test_cuda_path_needs_a_gpu_and_says_so(resnet_export):
         assert all(_close(got[k], ref[k]) for k in ref)
 
 
+@pytest.mark.slow
 def test_bench_modular_writes_ratios(resnet_export, tmp_path):
     _, _, out = resnet_export
     result = CliRunner().invoke(main, ["bench", str(out), "--modular", "--batch", "1", "--seconds", "0",

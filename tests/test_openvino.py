@@ -20,6 +20,8 @@ from subtune_edge.runtime import OrtRunner, load_export, make_runner, read_manif
 from subtune_edge.task import save_task
 from tests.helpers import SIZE, backbone_for, three_depth_tasks
 
+pytestmark = pytest.mark.slow
+
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'subtune-edge[openvino]'")
 
 TOLERANCES = {"model.onnx": FP32, "model.fp16.onnx": FP16}

@@ -26,6 +26,8 @@ from subtune_edge.search import (
 )
 from subtune_edge.train import TrainConfig, execute_run
 
+pytestmark = pytest.mark.slow
+
 try:
     import ray
 except ImportError:  # the `dist` extra is not installed: only the install-hint test runs

@@ -132,6 +132,7 @@ def test_the_committed_suite_results_are_ours_so_the_readme_command_replaces_the
     assert not is_results_dir(committed.parent)  # the index of all results is not one bench's output
 
 
+@pytest.mark.slow
 def test_a_suite_results_folder_with_its_export_is_ours(tmp_path):
     toml = tmp_path / "tiny.toml"
     toml.write_text(f'''name = "tiny"
