@@ -312,6 +312,8 @@ def _summary(cfg, tasks: list[DemoTask], manifest: dict, results: dict, timings:
         "separate_bytes": sum(v["bytes"] for k, v in manifest["files"].items()
                               if k.startswith("separate/") and not k.endswith(".int8.onnx")),
         "int8_bytes": (manifest["files"].get("model.int8.onnx") or {}).get("bytes"),
+        "int8": {k: (manifest.get("int8") or {}).get(k) for k in ("target", "activations", "quantizer")}
+        if manifest.get("int8") else None,
         "ideal_ratio_flops": cost.ideal_ratio_flops,
         "latency": [{"batch": r["batch"], "fused_ms": r["fused"]["median_ms"],
                      "separate_ms": r["separate"]["median_ms"], "ratio": r["ratio"],

@@ -100,14 +100,17 @@ def render_summary(summary: dict, console: Console | None = None) -> None:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     for t in summary["tasks"]:
-        int8 = pct(t.get("accuracy_int8")) + (" (fp32 branch)" if t.get("int8_precision") == "fp32" else "")
+        int8 = pct(t.get("accuracy_int8")) + {"fp32": " (fp32 branch)", "mixed": " (mixed)"}.get(
+            t.get("int8_precision"), "")
         table.add_row(t["name"], ", ".join(t["units"]) or "(linear probe)", pct(t.get("selection_score")),
                       pct(t["accuracy"]), pct(t["linear_probe"]), pct(t["full_finetune"]),
                       pct(t["branch_flops_share"]), pct(t.get("accuracy_fp32")), int8)
     console.print(table)
     console.print("selection (CV): greedy's score by k-fold inside the training split; SubTuning, linear probe and "
                   "full finetune: the validation split, which the selection never saw")
-    lat = Table(title="one fused graph vs 3 separate full models (ONNX Runtime, CPU)")
+    target = summary.get("int8") or {}
+    lat = Table(title="one fused graph vs 3 separate full models (ONNX Runtime, CPU)" +
+                (f"; INT8 for {target['target']} ({target['activations']} activations)" if target else ""))
     for col in ("batch", "fused ms", "separate ms", "measured ratio", "FLOPs-ideal ratio", "INT8 fused ms",
                 "INT8 / fp32 fused"):
         lat.add_column(col, justify="right")

@@ -84,14 +84,16 @@ def export(task_list: str, task_dir: str, out: str, as_json: bool, grouped: bool
 
 
 def _render_int8(console: Console, manifest: dict) -> None:
-    """Per task: its branch's precision in model.int8.onnx and the gate's figures."""
+    """Per task: its precision in model.int8.onnx and the gate's figures; what stayed fp32, and where."""
     summary = manifest.get("int8")
     if not summary:
         return
-    table = Table(title=f"INT8 gate (model.int8.onnx, {summary.get('method')} calibration on "
+    files = ", ".join(f"{v['file']} for {t} ({v['activations']} activations)"
+                      for t, v in (summary.get("targets") or {}).items())
+    table = Table(title=f"INT8 ({files or summary.get('file')}; {summary.get('method')} calibration on "
                         f"{summary.get('calibration_samples')} images)")
-    for col in ("task", "branch", "agreement", "acc. fp32", "acc. int8", "held-out", "ok"):
-        table.add_column(col, justify="left" if col in ("task", "branch") else "right")
+    for col in ("task", "precision", "agreement", "acc. fp32", "acc. int8", "drop (upper bound)", "held-out", "ok"):
+        table.add_column(col, justify="left" if col in ("task", "precision") else "right")
 
     def pct(v):
         return "" if v is None else f"{v:.1%}"
@@ -99,10 +101,17 @@ def _render_int8(console: Console, manifest: dict) -> None:
     for t in manifest["tasks"]:
         g = t.get("int8")
         if g:
+            drop = "" if g.get("drop") is None else f"{100 * g['drop']:+.1f} ({100 * g['drop_upper']:+.1f})"
             table.add_row(t["name"], g["precision"], pct(g["agreement"]), pct(g.get("accuracy_fp32")),
-                          pct(g.get("accuracy_int8")), str(g["samples"]), "[green]yes[/]" if g.get("passed", True)
-                          else "[yellow]fp32 branch[/]")
+                          pct(g.get("accuracy_int8")), drop, str(g["samples"]),
+                          "[green]yes[/]" if g.get("passed", True) else "[red]no[/]")
     console.print(table)
+    kept = summary.get("fp32_nodes") or []
+    if kept:
+        where = sorted({k["where"] for k in kept})
+        console.print(f"kept in fp32 (mixed precision): {len(kept)} node(s) in {', '.join(where)}")
+    if summary.get("fp32_branches"):
+        console.print(f"kept in fp32: the branch of {', '.join(summary['fp32_branches'])}")
 
 
 def _show(status, event: Event) -> None:

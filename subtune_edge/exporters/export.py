@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from subtune_edge.backbone.padding import freeze_same_padding
 from subtune_edge.errors import ExportError
 from subtune_edge.io import staged_dir
 from subtune_edge.multitask import weights_for_tasks
@@ -85,6 +86,7 @@ def export_tasks(tasks: list[Task], out: str | Path, options: ExportOptions | No
             ctx.backbone = load_backbone(tasks, weights)
             ctx.size = input_size_for(tasks, ctx.backbone, opts.input_size, opts.allow_resize)
             ctx.preprocessing = preprocessing_for(tasks, ctx.backbone, ctx.size)
+            freeze_same_padding(ctx.backbone.model, ctx.size)  # the export's H x W is fixed: so is "same" padding
         for s in steps:
             if s.name == "manifest":
                 ctx.timings["total"] = round(time.perf_counter() - start, 3)

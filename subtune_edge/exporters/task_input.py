@@ -7,6 +7,7 @@ import logging
 from timm.layers import set_layer_config
 
 from subtune_edge.backbone import Backbone
+from subtune_edge.backbone.padding import freeze_same_padding
 from subtune_edge.errors import ExportError
 from subtune_edge.multitask import backbone_for_tasks
 from subtune_edge.task import Task
@@ -82,7 +83,12 @@ def _norm(value):
     return value
 
 
-def load_backbone(tasks: list[Task], weights: str) -> Backbone:
-    """The tasks' backbone, created as timm's onnx_export.py creates models (``exportable=True``)."""
+def load_backbone(tasks: list[Task], weights: str, input_size: tuple[int, int] | None = None) -> Backbone:
+    """The tasks' backbone, created as timm's onnx_export.py creates models (``exportable=True``); with
+    ``input_size``, TensorFlow "same" padding is frozen for that size (:func:`~subtune_edge.backbone.padding.
+    freeze_same_padding`: no shape arithmetic in the graph, int8 convolutions that fuse)."""
     with set_layer_config(scriptable=False, exportable=True, no_jit=True):
-        return backbone_for_tasks(tasks, weights)
+        backbone = backbone_for_tasks(tasks, weights)
+    if input_size is not None:
+        freeze_same_padding(backbone.model, tuple(input_size))
+    return backbone

@@ -15,6 +15,7 @@ from timm.models._efficientnet_blocks import ConvBnAct, DepthwiseSeparableConv, 
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from ..backbone.padding import StaticSameConv2d
 from ..errors import ExportError
 
 _CONVS = (nn.Conv2d,)  # Conv2dSame subclasses nn.Conv2d; its forward pads from the (unchanged) kernel
@@ -95,7 +96,7 @@ def _wide_conv(pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]], shared: boo
     the ``[B, k*C, ...]`` of the groups and the result has ``k`` times the groups.
     """
     conv = pairs[0][0]
-    if type(conv) not in (nn.Conv2d, Conv2dSame) or conv.padding_mode != "zeros":
+    if type(conv) not in (nn.Conv2d, Conv2dSame, StaticSameConv2d) or conv.padding_mode != "zeros":
         raise ExportError(f"grouped branches cannot regroup a {type(conv).__name__}; export without {{param}}",
                           param="grouped")
     k = len(pairs)

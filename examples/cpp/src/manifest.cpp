@@ -209,7 +209,8 @@ Manifest Manifest::parse(const std::string& json_text, const std::string& where)
     if (t.has("int8") && !t["int8"].is_null()) {
       Node q = t["int8"];
       info.int8_precision = q["precision"].str();
-      if (info.int8_precision != "int8" && info.int8_precision != "fp32") q["precision"].fail("must be \"int8\" or \"fp32\"");
+      if (info.int8_precision != "int8" && info.int8_precision != "fp32" && info.int8_precision != "mixed")
+        q["precision"].fail("must be \"int8\", \"mixed\" or \"fp32\"");
     }
     m.tasks.push_back(std::move(info));
   }

@@ -28,7 +28,7 @@ task calibrates and gates on), :mod:`.calibration` (trunk / branch / shape nodes
 """
 
 from .calibration import ArrayReader, branch_nodes, calibrate, head_nodes, shape_nodes
-from .gate import gate
+from .gate import gate, judge, logits, paired_drop
 from .images import ImagePool, TaskImages, recorded_source, task_images
 from .options import (
     ACTIVATIONS,
@@ -38,17 +38,18 @@ from .options import (
     Int8Options,
     activations_for,
     check_options,
+    quantizer,
     resolve_targets,
 )
-from .pipeline import Int8Export, Int8Result, export_all, export_int8
+from .pipeline import Int8Export, Int8Result, export_all, export_int8, target_file
 from .quantization import prepare, quantize
 
 __all__ = [
-    "ACTIVATIONS", "METHODS", "QUANTIZER", "TARGETS", "Int8Options", "activations_for", "check_options",
+    "ACTIVATIONS", "METHODS", "QUANTIZER", "TARGETS", "Int8Options", "activations_for", "check_options", "quantizer",
     "resolve_targets",
     "ImagePool", "TaskImages", "recorded_source", "task_images",
     "ArrayReader", "branch_nodes", "calibrate", "head_nodes", "shape_nodes",
     "prepare", "quantize",
-    "gate",
-    "Int8Export", "Int8Result", "export_all", "export_int8",
+    "gate", "judge", "logits", "paired_drop",
+    "Int8Export", "Int8Result", "export_all", "export_int8", "target_file",
 ]

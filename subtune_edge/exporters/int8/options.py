@@ -13,8 +13,16 @@ from subtune_edge.errors import ExportError
 STAGE = "export"
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
-QUANTIZER = ("onnxruntime.quantization.quantize_static (QDQ; int8 symmetric activations per tensor, "
-             "int8 symmetric per-channel weights) after quant_pre_process")
+
+
+def quantizer(activations: str) -> str:
+    """What was written, in words: the quantizer, the activation form, the weights."""
+    form = "int8 symmetric" if activations == "int8" else "uint8 asymmetric"
+    return (f"onnxruntime.quantization.quantize_static (QDQ; {form} activations per tensor, int8 symmetric "
+            "per-channel weights) after quant_pre_process")
+
+
+QUANTIZER = quantizer("int8")
 EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True}
 #: activation type -> (ORT QuantType, symmetric); weights are always int8 symmetric per channel
 ACTIVATIONS = {"int8": (QuantType.QInt8, True), "uint8": (QuantType.QUInt8, False)}

@@ -13,7 +13,7 @@ from subtune_edge.errors import ExportError
 
 from ..fp16 import unnamed_nodes
 from ..onnx_export import check_onnx, file_bytes, save_onnx, tidy
-from .options import ACTIVATIONS, EXTRA_OPTIONS, METHODS, QUANTIZER
+from .options import ACTIVATIONS, EXTRA_OPTIONS, METHODS, quantizer
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,22 @@ def prepare(src: Path, dst: Path) -> onnx.ModelProto:
     return model
 
 
-def quantize(prepared: Path, dst: Path, cache: Path, method: str, exclude: list[str], outputs: list[str],
-             activations: str = "int8") -> dict:
-    """``quantize_static`` (QDQ, symmetric int8) of ``prepared`` with the ranges in ``cache``; checks ``dst``."""
+def quantize_raw(prepared: Path, dst: Path, cache: Path, method: str, exclude: list[str],
+                 activations: str = "int8") -> None:
+    """``quantize_static`` (QDQ) of ``prepared`` with the ranges in ``cache``, as ORT writes it (its tensor
+    names intact, which ``qdq_loss_debug`` matches on)."""
     act_type, symmetric = ACTIVATIONS[activations]
     quantize_static(str(prepared), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=act_type, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                     calibrate_method=METHODS[method],
                     extra_options={**EXTRA_OPTIONS, "ActivationSymmetric": symmetric},
                     calibration_cache_path=str(cache))
+
+
+def quantize(prepared: Path, dst: Path, cache: Path, method: str, exclude: list[str], outputs: list[str],
+             activations: str = "int8") -> dict:
+    """``quantize_static`` (QDQ, ``activations``' form) of ``prepared`` with the ranges in ``cache``; checks ``dst``."""
+    quantize_raw(prepared, dst, cache, method, exclude, activations)
     # the quantizer writes one scale / zero point per tensor and the pre-processing folds equal shape
     # constants separately: merge equal initializers so that each value is stored once, as in model.onnx
     raw = onnx.load(str(dst))
@@ -53,6 +60,6 @@ def quantize(prepared: Path, dst: Path, cache: Path, method: str, exclude: list[
             raise ExportError(f"{dst.name}: '{value.name}' is not float32 after quantization; report this")
     ops = [n.op_type for n in model.graph.node]
     size, _ = file_bytes(dst)
-    return {"file": dst.name, "quantizer": QUANTIZER, "bytes": size,
+    return {"file": dst.name, "quantizer": quantizer(activations), "activations": activations, "bytes": size,
             "quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
             "excluded_nodes": len(exclude), "nodes": len(ops)}

@@ -165,7 +165,7 @@ def add_tasks(export: str | os.PathLike, tasks: list[Task], *, weights: str | No
     weights = weights_for_tasks(tasks, weights)
     with staged_dir(dest, owns=is_export_dir, what="an export", param="export") as staging:
         emit(progress, STAGE, "loading the backbone and checking the tasks", step="load")
-        backbone = load_backbone(tasks, weights)
+        backbone = load_backbone(tasks, weights, size)
         if manifest.backbone.get("fingerprint") and backbone.fingerprint != manifest.backbone["fingerprint"]:
             raise TaskFileError(f"weights '{weights}' are not the export's frozen weights (fingerprint "
                                 f"{backbone.fingerprint[:8]}… != {manifest.backbone['fingerprint'][:8]}…); pass "

@@ -24,13 +24,12 @@ def check(opts: ExportOptions) -> None:
 
 
 def run(ctx: ExportContext) -> None:
-    opts = ctx.opts.int8
-    target = int8_mod.resolve_targets(opts, trt=ctx.opts.trt is not None)[0]
-    opts = replace(opts, target=target, activations=int8_mod.activations_for(opts, target))
-    with step("int8", ctx.timings, ctx.progress, f"quantizing to model.int8.onnx for {target} (calibration, "
-                                                 "per-task gate)"):
+    targets = int8_mod.resolve_targets(ctx.opts.int8, trt=ctx.opts.trt is not None)
+    opts = replace(ctx.opts.int8, target=targets[0])
+    with step("int8", ctx.timings, ctx.progress, f"quantizing to model.int8.onnx for {', '.join(targets)} "
+                                                 "(one calibration, per-task gate)"):
         ctx.int8 = int8_mod.export_all(ctx.staging, ctx.tasks, ctx.outs, ctx.preprocessing, ctx.size, ctx.range,
-                                       opts, ctx.opts.separate, ctx.progress)
+                                       opts, ctx.opts.separate, ctx.progress, targets, ctx.fused.plan.trunk_units)
         ctx.reports.update(ctx.int8.reports)
         ctx.info["int8"] = ctx.int8.summary
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .. import tensorrt as trt_mod
 from ..options import ExportOptions
 from ..verification import step, verify_plan
@@ -16,6 +18,8 @@ def run(ctx: ExportContext) -> None:
     opts = ctx.opts.trt
     with step("tensorrt", ctx.timings, ctx.progress, "building model.plan with TensorRT"):
         recipe = trt_mod.build_recipe(trt_mod.tensorrt_version() or "0", ctx.opts.fp16, int8=ctx.opts.int8 is not None)
+        if recipe.precision == "int8":  # the plan reads the INT8 file written for TensorRT (symmetric activations)
+            recipe = dataclasses.replace(recipe, onnx_file=ctx.info["int8"]["targets"]["trt"]["file"])
         shapes = trt_mod.profile_shapes(ctx.batch, ctx.size)
         record = trt_mod.build_engine(ctx.staging, recipe, shapes, workspace=opts.workspace,
                                       timing_cache=opts.timing_cache)
