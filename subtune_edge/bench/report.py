@@ -74,6 +74,14 @@ def markdown(results: dict) -> str:
             lines.append("GPU memory MB (fused / separate): " + ", ".join(
                 f"k={r['k']}: {_mb(r['memory']['fused_gpu_bytes'])} / {_mb(r['memory']['separate_gpu_bytes'])}"
                 for r in gpu))
+    variants = results.get("variants")
+    if variants:
+        lines += ["", f"## branch layouts on {variants['backend']}", "", "| batch | layout | median ms | p90 ms |",
+                  "|---|---|---|---|"]
+        for p in variants["points"]:
+            lines.append(f"| {p['batch']} | {p['variant']} | {p['median_ms']:.2f} | {p['p90_ms']:.2f} |")
+        lines += ["", f"chosen: **{variants['chosen']}** (the faster at batch {variants['chosen_at_batch']}); export "
+                      "with `--branches` set to this results folder to ship it"]
     lines += ["", "ratio = fused median / separate median (lower is better; 1/k would be free tasks). "
               "ideal ratio = the same for FLOPs from the export's sharing plan. added ms/task = L(k) - L(k-1).",
               "Fused and separate are measured alternately in the same process on the same input.", ""]

@@ -26,6 +26,7 @@ from subtune_edge.bench.device_costs import is_cost_table, measure_device_costs
 from subtune_edge.bench.modular import bench_export as bench_modular
 from subtune_edge.bench.modular import write_results as write_modular
 from subtune_edge.bench.report import group_rows
+from subtune_edge.bench.variants import bench_variants
 
 from ..backbone import create_backbone, model_args_for_input
 from ..errors import SubtuneError
@@ -93,8 +94,12 @@ def _progress():
 @click.option("--precision", "precisions", default="fp32", show_default=True, metavar="P,Q",
               help="Comma-separated ONNX precisions to measure, each fused vs separate: fp32, int8 (model.int8.onnx vs "
                    "separate/<task>.int8.onnx; export with --separate --int8). INT8 rows add fused / fused fp32.")
+@click.option("--variants", default=None, metavar="plain,grouped",
+              help="Compare branch layouts of the export's tasks on this device instead (needs --task-dir): each "
+                   "layout exported again and timed round-robin; results.json's variants.chosen is what "
+                   "`export --branches RESULTS` ships.")
 def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, threads, seconds, max_tasks,
-          modular: bool = False, precisions: str = "fp32") -> None:
+          modular: bool = False, precisions: str = "fp32", variants: str | None = None) -> None:
     """Measure fused vs separate latency and memory for k = 1..N tasks.
 
     \b
@@ -117,6 +122,22 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, 
     backend_list = split_csv(backends) or None
     # refuse a results folder that holds anything else before minutes of measuring, not after
     check_results_dir(results_dir, export_dir)
+    if variants:
+        if not export_dir or not task_dir:
+            raise click.UsageError("--variants rebuilds the layouts of EXPORT_DIR's tasks: give it and --task-dir")
+        tasks, _ = load_bench_tasks(export_dir, task_dir, weights)
+        config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=batches or [1], threads=threads)
+        if seconds is not None:
+            config.budget.seconds = seconds
+        bar, progress = _progress()
+        try:
+            results = bench_variants(export_dir, tasks, split_csv(variants), config, progress=progress)
+        finally:
+            bar.close()
+        for kind, path in write_report(results, results_dir, param="results_dir").items():
+            click.echo(f"wrote {kind}: {path}")
+        click.echo(f"faster layout at batch {results['variants']['chosen_at_batch']}: {results['variants']['chosen']}")
+        return
     if suite:
         s = load_suite(suite)
         cfg = s.config

@@ -261,7 +261,7 @@ def load_export(path: str | os.PathLike, *, device: str = "auto", precision: str
                    and format == "onnx" and precision == "fp32"):
         return _load_modular(root, manifest, selected, spec, threads, check_hashes)
     spec.require()
-    return ExportedModel(root, manifest, spec.runner(root / file, threads=threads), file, selected)
+    return ExportedModel(root, manifest, spec.runner(root / file, threads=threads, **spec.alone), file, selected)
 
 
 def _selected(manifest: Manifest, tasks: Sequence[str] | None) -> list[TaskOutput] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -21,25 +22,75 @@ def default_trt_cache() -> Path:
     return root / "subtune-edge" / "ort-trt-cache"
 
 
-def ort_session(source: str | bytes, providers: list, threads: int | None = None,
-                spinning: bool = False) -> ort.InferenceSession:
-    """An ONNX Runtime session of ``source`` (a path, or a serialized model) with every graph optimization.
+@dataclass(frozen=True)
+class OrtSettings:
+    """How an ONNX Runtime CPU session is set up, beyond its thread count: each field a documented ORT option.
+
+    ``benchmarks/results/session-settings`` measures each against the defaults here, alone and side by side;
+    a field's default is what won there (see its help). ``bench`` records them per row and the C++ runner
+    uses the same.
+
+    Attributes:
+        optimization: ``all`` (``ORT_ENABLE_ALL``: layout transforms such as NCHWc included), ``extended``,
+            ``basic``.
+        spinning: intra-op worker threads spin after a run instead of sleeping (lower latency for a
+            session alone; off, several sessions of one process do not steal each other's cores).
+        mem_pattern: plan the memory of a fixed-shape run once and reuse the plan.
+        cpu_arena: allocate from ORT's CPU arena (off: the system allocator).
+        denormal_as_zero: flush denormal floats to zero (they are slow on x86).
+        pin_threads: pin the intra-op worker threads to cores (``session.intra_op_thread_affinities``).
+    """
+
+    optimization: str = "all"
+    spinning: bool = False
+    mem_pattern: bool = True
+    cpu_arena: bool = True
+    denormal_as_zero: bool = False
+    pin_threads: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+#: one session alone in the process (an app running an export): ORT's own default, spinning on, measured 1.7x
+#: faster at batch 1 on the demo model (benchmarks/results/session-settings); the benchmark's side-by-side
+#: sessions and the modular runner's trunk + branch sessions keep it off so as not to steal each other's cores
+SINGLE_SESSION = OrtSettings(spinning=True)
+
+LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+          "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+
+
+def ort_session(source: str | bytes, providers: list, threads: int | None = None, spinning: bool | None = None,
+                settings: OrtSettings | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session of ``source`` (a path, or a serialized model) with ``settings``.
 
     Args:
         source: the ``.onnx`` file's path, or the model's bytes.
         providers: the execution providers in the order ONNX Runtime should try them.
         threads: intra-op threads (inter-op: 1); ``None`` lets ONNX Runtime choose.
-        spinning: keep ONNX Runtime's idle spinning; off, several sessions in one process do not
-            steal each other's cores while idle.
+        spinning: override ``settings.spinning``.
+        settings: the session options (default :class:`OrtSettings`).
     """
+    settings = settings or OrtSettings()
+    if spinning is not None:
+        settings = replace(settings, spinning=spinning)
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = LEVELS[settings.optimization]
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    if not spinning:
+    if not settings.spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.enable_mem_pattern = settings.mem_pattern
+    so.enable_cpu_mem_arena = settings.cpu_arena
+    if settings.denormal_as_zero:
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if settings.pin_threads and threads and threads > 1:
+        # one entry per worker thread (the caller's thread is the first of the pool and is not pinned)
+        cores = ";".join(str(i + 1) for i in range(1, threads))
+        so.add_session_config_entry("session.intra_op_thread_affinities", cores)
     return ort.InferenceSession(source, so, providers=providers)
 
 
@@ -56,16 +107,19 @@ class OrtRunner(Runner):
         trt_cache: where the TensorRT provider caches engines (default: the user's cache folder, never the
             export folder, whose manifest lists every file in it).
         trt_fp16: let the TensorRT provider use fp16 kernels.
-        spinning: keep ONNX Runtime's idle spinning (fastest for one session alone on the machine).
+        spinning: keep ONNX Runtime's idle spinning (overrides ``settings.spinning``).
+        settings: the session options (:class:`OrtSettings`; default its defaults).
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 trt_cache: str | Path | None = None, trt_fp16: bool = False, spinning: bool = False):
+                 trt_cache: str | Path | None = None, trt_fp16: bool = False, spinning: bool | None = None,
+                 settings: OrtSettings | None = None):
         super().__init__()
         if device not in DEVICES:
             raise ValueError(f"unknown ONNX Runtime device '{device}'; choose from {', '.join(DEVICES)}")
         self.path, self.device, self.threads = Path(path), device, threads
-        self.trt_cache, self.trt_fp16, self.spinning = trt_cache, trt_fp16, spinning
+        self.trt_cache, self.trt_fp16 = trt_cache, trt_fp16
+        self.settings_ = replace(settings or OrtSettings(), **({} if spinning is None else {"spinning": spinning}))
         self.name = DEVICES[device]
         self.session = None
         self._io = None
@@ -83,14 +137,14 @@ class OrtRunner(Runner):
 
     def _activate(self) -> None:
         require(self.name)
-        self.session = ort_session(str(self.path), self.providers(), self.threads, self.spinning)
+        self.session = ort_session(str(self.path), self.providers(), self.threads, settings=self.settings_)
         self._io = self.session.io_binding() if self.device != "cpu" else None
 
     def settings(self) -> dict:
         """The session's settings as results record them: providers, threads, optimisation, spinning."""
         providers = [p if isinstance(p, str) else p[0] for p in self.providers()]
         return {"onnxruntime": ort.__version__, "providers": providers, "intra_op_threads": self.threads,
-                "graph_optimization_level": "ORT_ENABLE_ALL", "allow_spinning": self.spinning}
+                **self.settings_.to_json()}
 
     def _deactivate(self) -> None:
         self.session = None
@@ -157,7 +211,7 @@ GPU_INSTALL = "pip install 'subtune-edge[gpu]'"
 RUNTIMES = (
     RuntimeSpec("ort-cpu", "onnxruntime", "onnx", _factory("cpu"), install="onnxruntime (a dependency)",
                 formats=("onnx", "ort"), verifies=False, memory_probe=True, modular=True, version=_version,
-                description="ONNX Runtime, CPU execution provider"),
+                alone={"settings": SINGLE_SESSION}, description="ONNX Runtime, CPU execution provider"),
     RuntimeSpec("ort-cuda", "onnxruntime", "onnx", _factory("cuda"),
                 _provider("CUDAExecutionProvider", f"needs onnxruntime-gpu with a CUDA GPU: {GPU_INSTALL}"),
                 install=GPU_INSTALL, device="cuda", formats=("onnx", "ort"), tolerance=TF32, memory_probe=True,

@@ -101,6 +101,8 @@ class RuntimeSpec:
         memory_probe: whether the benchmark's fresh-process memory probe (``bench.memprobe``) runs it.
         modular: whether a modular export's trunk and branches run on it (:class:`~.modular.ModularRunner`).
         variants: backend suffixes it takes (``compile`` for ``torch-cpu+compile``).
+        alone: runner options for a session that is alone in its process (``load_export``: an app running
+            an export), where they differ from a benchmark's side-by-side sessions.
         version: the installed runtime's version, or ``None``; recorded with results.
         description: one line for ``--help`` and the docs.
     """
@@ -119,6 +121,7 @@ class RuntimeSpec:
     memory_probe: bool = False
     modular: bool = False
     variants: tuple[str, ...] = ()
+    alone: dict = field(default_factory=dict)
     version: Callable[[], str | None] = field(default=lambda: None)
     description: str = ""
 

@@ -94,6 +94,30 @@ def _time_round(runners: list[Runner]) -> float:
     return sum(r.run_staged() for r in runners)
 
 
+def measure_rounds(sides: dict[str, list[Runner]], budget: Budget) -> dict[str, list[float]]:
+    """Round-robin over several sides (each a list of staged runners) until the budget is spent.
+
+    The generalisation of :func:`measure_pair`: every round runs each side once, in the same order, so
+    drift hits all of them alike.
+
+    Returns:
+        Per side, one latency (ms) per round.
+    """
+    for _ in range(budget.warmup):
+        for runners in sides.values():
+            _time_round(runners)
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < budget.max_runs:
+        for name, runners in sides.items():
+            samples[name].append(_time_round(runners))
+        rounds += 1
+        if rounds >= budget.min_runs and time.perf_counter() - start >= budget.seconds:
+            break
+    return samples
+
+
 def measure_pair(fused: list[Runner], separate: list[Runner], budget: Budget) -> tuple[list[float], list[float]]:
     """Alternate one fused round and one separate round until the budget is spent.
 
@@ -108,14 +132,5 @@ def measure_pair(fused: list[Runner], separate: list[Runner], budget: Budget) ->
     Returns:
         ``(fused_ms, separate_ms)``: one latency per round and side, in milliseconds.
     """
-    for _ in range(budget.warmup):
-        _time_round(fused)
-        _time_round(separate)
-    a, b = [], []
-    start = time.perf_counter()
-    while len(a) < budget.max_runs:
-        a.append(_time_round(fused))
-        b.append(_time_round(separate))
-        if len(a) >= budget.min_runs and time.perf_counter() - start >= budget.seconds:
-            break
-    return a, b
+    got = measure_rounds({"a": fused, "b": separate}, budget)
+    return got["a"], got["b"]
