@@ -217,13 +217,33 @@ def test_a_constant_image_calibration_fails_the_gate(trained, tmp_path):
 def test_shape_arithmetic_is_never_quantized(exported):
     out, _ = exported
     model = onnx.load(str(out / "model.int8.onnx"))
-    off = set(shape_nodes(model))
-    assert any(n.op_type == "Ceil" for n in model.graph.node if n.name in off)  # TF "same" padding amounts
+    # TF "same" padding is frozen for the export's fixed size: no float size arithmetic is left to quantize
+    assert not [n.name for n in model.graph.node if n.op_type in ("Shape", "Ceil")]
     produced = {t: n for n in model.graph.node for t in n.output}
     for node in model.graph.node:
         if node.op_type == "Pad":
             pads = produced.get(node.input[1])
             assert pads is None or pads.op_type != "DequantizeLinear"
+
+
+def test_shape_nodes_are_the_float_size_arithmetic_off_the_data_path():
+    """A graph that still computes "same" padding from its input's shape (a dynamic-size export)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Cast", ["shape"], ["shape_f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["shape_f", "two"], ["half"], name="div"),
+        helper.make_node("Ceil", ["half"], ["ceil"], name="ceil"),
+        helper.make_node("Relu", ["x"], ["relu"], name="relu"),
+        helper.make_node("Mul", ["relu", "two"], ["y"], name="mul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("ceil", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    assert shape_nodes(helper.make_model(graph)) == ["shape", "cast", "div", "ceil"]
 
 
 def test_cli_predict_precision_int8_and_inspect_show_the_gate(exported, tmp_path):
