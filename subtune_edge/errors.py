@@ -54,3 +54,7 @@ class ExportError(SubtuneError):
 
 class RuntimeMissingError(SubtuneError):
     """An optional runtime (TensorRT, onnxruntime-gpu, Ray, ...) is not installed."""
+
+
+class PruneError(SubtuneError):
+    """A pruning request that cannot be met: a ratio out of range, units the pruner cannot narrow."""

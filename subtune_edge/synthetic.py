@@ -1,21 +1,26 @@
 """Tasks that were never trained, for latency benchmarks and tests.
 
-What a task costs at inference depends only on which units it tunes and its head, not on what it
-learned, so benchmark suites build tasks like these instead of training; the tuned copies are
-perturbed so that no exporter can mistake them for the frozen originals.
+What a task costs at inference depends only on which units it tunes (and how wide: pruned or not)
+and its head, not on what it learned, so benchmark suites build tasks like these instead of
+training; the tuned copies are perturbed so that no exporter can mistake them for the frozen
+originals.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from .backbone import Backbone
 from .multitask import TaskModel
+from .prune import PruneConfig, prune_task_model
 from .task import Task, make_task
 
 
 def synthetic_task(backbone: Backbone, name: str, units: list[str], num_classes: int = 10, *, seed: int = 0,
-                   siamese: bool = False, input_size: tuple[int, int] | None = None) -> Task:
+                   siamese: bool = False, input_size: tuple[int, int] | None = None,
+                   prune: PruneConfig | None = None) -> Task:
     """A task tuning ``units`` with seeded random changes to their weights and a random head.
 
     Args:
@@ -26,6 +31,9 @@ def synthetic_task(backbone: Backbone, name: str, units: list[str], num_classes:
         seed: the same seed gives the same tensors.
         siamese: a Siamese head (twice the features).
         input_size: (height, width) recorded as its preprocessing; None for the backbone's default.
+        prune: prune the units as a trained task would be (:func:`~subtune_edge.prune.prune_task_model`);
+            never trained, the task has no gradients to rank channels by, so a Taylor request ranks
+            them by L1 (the record says so): the widths, and so the costs, are the same.
 
     Returns:
         The task, as :func:`~subtune_edge.task.make_task` builds it (``training.mode`` is ``synthetic``).
@@ -33,6 +41,7 @@ def synthetic_task(backbone: Backbone, name: str, units: list[str], num_classes:
     Raises:
         BackboneError: a unit the backbone does not have.
         TaskFileError: a bad name.
+        PruneError: ``prune`` asked of units that cannot be narrowed.
     """
     backbone.check_units(units)
     gen = torch.Generator().manual_seed(seed)
@@ -47,7 +56,13 @@ def synthetic_task(backbone: Backbone, name: str, units: list[str], num_classes:
     preprocessing = backbone.data_config
     if input_size is not None:
         preprocessing["input_size"] = (3, int(input_size[0]), int(input_size[1]))
+    pruned = None
+    if prune is not None:
+        x = torch.randn(1, *preprocessing["input_size"], generator=gen)
+        if prune.importance == "taylor":
+            prune = dataclasses.replace(prune, importance="l1")
+        pruned = prune_task_model(model, prune, x, backbone.family).to_json()
     tuned = {u: model.units[backbone.unit_index(u)] for u in units}
     return make_task(name, backbone, tuned, model.head, labels=[f"class_{i}" for i in range(num_classes)],
                      preprocessing=preprocessing, siamese=siamese,
-                     training={"mode": "synthetic", "seed": seed})
+                     training={"mode": "synthetic", "seed": seed}, pruned=pruned)

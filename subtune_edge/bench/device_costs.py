@@ -8,6 +8,9 @@ Jetson", and greedy selection can use the table anywhere (it records where it wa
 Each unit i is measured as the fused graph runs it: a graph holding a linear-probe task (the
 whole frozen trunk) plus one task branching at i, against the same graph pruned to the probe
 alone, alternated in one process on the same input; added = L(with branch) - L(trunk only).
+With ``prune_ratios``, each unit is measured again for each ratio with its branch's first unit
+channel-pruned (a row with ``ratio``): what pruning that unit saves, measured, for
+:meth:`~subtune_edge.search.LatencyTable.saving`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import numpy as np
 
 from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.cost import branch_flops, branch_units, unit_costs
-from subtune_edge.errors import SubtuneError
+from subtune_edge.errors import PruneError, SubtuneError
 from subtune_edge.exporters import export_onnx
 from subtune_edge.multitask import MultiTaskModel
 from subtune_edge.progress import Progress, emit
+from subtune_edge.prune import PruneConfig, check_ratio
 from subtune_edge.runtime import make_runner, parse_backend, require
 from subtune_edge.runtime.timing import summarize
 from subtune_edge.schema import validate
@@ -56,7 +60,7 @@ def _runners(backend: str, backbone, trunk, module: MultiTaskModel, size: tuple[
 def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: int = 1,
                          input_size: tuple[int, int] | None = None, weights: str = "random",
                          threads: int | None = None, budget: Budget | None = None, units: list[str] | None = None,
-                         progress: Progress | None = None) -> dict:
+                         prune_ratios: tuple[float, ...] = (), progress: Progress | None = None) -> dict:
     """Measure the added latency of a branch at every unit of ``model_name`` on ``backend``.
 
     Args:
@@ -68,6 +72,8 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
         threads: intra-op threads (recorded).
         budget: when each unit's measurement stops.
         units: only these units; default all.
+        prune_ratios: also measure each unit's branch with that unit pruned at these ratios (rows
+            with ``ratio``; a unit nothing of which can be pruned alone gets none).
         progress: receives an :class:`~subtune_edge.progress.Event` (stage ``"profile-device"``) per unit.
 
     Returns:
@@ -78,6 +84,7 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
         SubtuneError: the backend cannot run here, bad settings, or an unknown model or unit.
     """
     require(backend)
+    ratios = [check_ratio(r, "prune_ratios") for r in prune_ratios]
     if not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
         raise SubtuneError(f"{{param}} must be a positive integer, got {batch!r}", param="batch")
     budget = (budget or Budget(warmup=2, min_runs=10, max_runs=100, seconds=2.0)).check()
@@ -89,38 +96,52 @@ def measure_device_costs(model_name: str, *, backend: str = "ort-cpu", batch: in
     trunk = synthetic_task(backbone, "trunk", [], HEAD_CLASSES, seed=0, input_size=size)
     x = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
     rows = []
+    steps = len(names) * (1 + len(ratios))
     with tempfile.TemporaryDirectory(prefix="device-costs-") as tmp:
         for i, unit in enumerate(names):
-            emit(progress, "profile-device", f"{backend}: branch at {unit}", i, len(names), unit=unit)
-            branch = synthetic_task(backbone, "branch", [unit], HEAD_CLASSES, seed=i + 1, input_size=size)
-            module = MultiTaskModel(backbone, [trunk, branch])
-            with_branch, trunk_only = _runners(backend, backbone, trunk, module, size, batch, threads, Path(tmp),
-                                               f"u{i}")
-            try:
-                for r in (with_branch, trunk_only):
-                    r.stage({"input": x})
-                a, b = measure_pair([with_branch], [trunk_only], budget)
-            finally:
-                with_branch.deactivate()
-                trunk_only.deactivate()
-            tail = branch_units(backbone.unit_names, [unit])
-            start = len(backbone.unit_names) - len(tail)
-            fa, fb = summarize(a, batch), summarize(b, batch)
-            rows.append({
-                "unit": unit, "index": start,
-                "added_ms": fa.median_ms - fb.median_ms,
-                "added_ms_p90": fa.p90_ms - fb.median_ms,
-                "with_branch_ms": fa.median_ms, "trunk_only_ms": fb.median_ms,
-                "branch_flops": branch_flops(flops, backbone.unit_names, [unit])
-                + 2 * backbone.num_features * HEAD_CLASSES,
-                "unit_bytes": table[unit].bytes, "unit_params": table[unit].params,
-                "bytes_if_tail_tuned": sum(table[u].bytes for u in tail),
-            })
-    emit(progress, "profile-device", "done", len(names), len(names))
+            for j, ratio in enumerate([0.0, *ratios]):
+                done = i * (1 + len(ratios)) + j
+                emit(progress, "profile-device", f"{backend}: branch at {unit}" + (f", pruned {ratio:g}" if ratio
+                                                                                    else ""), done, steps, unit=unit)
+                try:
+                    branch = synthetic_task(backbone, "branch", [unit], HEAD_CLASSES, seed=i + 1, input_size=size,
+                                            prune=PruneConfig(ratio) if ratio else None)
+                except PruneError:
+                    continue  # nothing in this unit can be narrowed alone: pruning saves nothing here
+                module = MultiTaskModel(backbone, [trunk, branch])
+                with_branch, trunk_only = _runners(backend, backbone, trunk, module, size, batch, threads, Path(tmp),
+                                                   f"u{i}_{j}")
+                try:
+                    for r in (with_branch, trunk_only):
+                        r.stage({"input": x})
+                    a, b = measure_pair([with_branch], [trunk_only], budget)
+                finally:
+                    with_branch.deactivate()
+                    trunk_only.deactivate()
+                tail = branch_units(backbone.unit_names, [unit])
+                start = len(backbone.unit_names) - len(tail)
+                fa, fb = summarize(a, batch), summarize(b, batch)
+                row = {
+                    "unit": unit, "index": start,
+                    "added_ms": fa.median_ms - fb.median_ms,
+                    "added_ms_p90": fa.p90_ms - fb.median_ms,
+                    "with_branch_ms": fa.median_ms, "trunk_only_ms": fb.median_ms,
+                    "branch_flops": branch_flops(flops, backbone.unit_names, [unit])
+                    + 2 * backbone.num_features * HEAD_CLASSES,
+                    "unit_bytes": table[unit].bytes, "unit_params": table[unit].params,
+                    "bytes_if_tail_tuned": sum(table[u].bytes for u in tail),
+                }
+                if ratio:
+                    row.update(ratio=ratio, branch_flops=row["branch_flops"] - branch.pruned["flops"]["before"]
+                               + branch.pruned["flops"]["after"],
+                               unit_bytes=sum(t.numel() * t.element_size() for k, t in branch.tensors.items()
+                                              if not k.startswith("head.")))
+                rows.append(row)
+    emit(progress, "profile-device", "done", steps, steps)
     return _checked({
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": model_name, "weights": weights, "input_size": list(size), "batch": batch, "backend": backend,
-        "threads": threads, "budget": asdict(budget), "head_classes": HEAD_CLASSES,
+        "threads": threads, "budget": asdict(budget), "head_classes": HEAD_CLASSES, "prune_ratios": ratios,
         "environment": environment.describe(),
         "units": rows,
     })

@@ -211,11 +211,11 @@ def render_costs(costs: dict, console: Console | None = None) -> None:
     console = console or Console(width=120)
     table = Table(title=escape(f"{costs['model']} on {costs['backend']}, batch {costs['batch']}: "
                                "added latency of a branch at each unit"))
-    for col in ("unit", "added ms", "branch GFLOPs", "unit MB"):
+    for col in ("unit", "pruned", "added ms", "branch GFLOPs", "unit MB"):
         table.add_column(col, justify="left" if col == "unit" else "right")
     for r in costs["units"]:
-        table.add_row(escape(r["unit"]), f"{r['added_ms']:.2f}", f"{r['branch_flops'] / 1e9:.3f}",
-                      f"{r['unit_bytes'] / 1e6:.2f}")
+        table.add_row(escape(r["unit"]), f"{r['ratio']:g}" if r.get("ratio") else "-", f"{r['added_ms']:.2f}",
+                      f"{r['branch_flops'] / 1e9:.3f}", f"{r['unit_bytes'] / 1e6:.2f}")
     console.print(table)
 
 
@@ -232,8 +232,12 @@ def render_costs(costs: dict, console: Console | None = None) -> None:
 @click.option("--threads", type=POSITIVE, default=None, help="Intra-op threads (recorded).")
 @click.option("--seconds", type=NON_NEGATIVE_SECONDS, default=2.0, show_default=True, help="Time budget per unit.")
 @click.option("--units", default=None, help="Only these units or stages (e.g. layer3,layer4); default: all.")
+@click.option("--prune-ratios", default=None, metavar="0.25,0.5,...",
+              help="Also measure each unit's branch with that unit channel-pruned at these ratios, for "
+                   "`tune --prune auto --latency-budget` (without them pruning is priced by FLOPs).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Where to write costs.json.")
-def profile_device(model, backend, batch, input_size, weights, threads, seconds, units, out_path) -> None:
+def profile_device(model, backend, batch, input_size, weights, threads, seconds, units, prune_ratios, out_path
+                   ) -> None:
     """Measure the added latency of a task branching at each unit of MODEL on this device.
 
     The table feeds latency-budgeted selection (`subtune-edge tune --blocks auto --latency-budget MS
@@ -244,6 +248,11 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
       subtune-edge profile-device tf_efficientnet_lite0 --backend ort-cpu --input-size 96 --out costs.json
     """
     size = parse_input_size(None, None, input_size)
+    try:
+        ratios = tuple(float(r) for r in split_csv(prune_ratios or ""))
+    except ValueError:
+        raise click.BadParameter(f"'{prune_ratios}' is not a list of ratios such as 0.25,0.5",
+                                 param_hint="--prune-ratios") from None
     out = Path(out_path)
     if out.exists() and not is_cost_table(out):  # replace an earlier table, never a file of the user's
         raise SubtuneError("{param} " + f"{out} exists and is not a device cost table; choose a new file name "
@@ -255,7 +264,8 @@ def profile_device(model, backend, batch, input_size, weights, threads, seconds,
     try:
         costs = measure_device_costs(model, backend=backend, batch=batch, input_size=size, weights=weights,
                                      threads=threads, budget=Budget(warmup=2, min_runs=10, max_runs=500,
-                                                                    seconds=seconds), units=chosen, progress=progress)
+                                                                    seconds=seconds), units=chosen,
+                                     prune_ratios=ratios, progress=progress)
     finally:
         bar.close()
     atomic_write_json(out, costs)

@@ -129,9 +129,10 @@ def _render_files(console: Console, manifest: dict, status: dict[str, str] | Non
                 "model.int8.ort": "fused, int8, ORT format", "required_operators.config": "ORT minimal-build ops"}.get(
             rel, "one task, full model, int8" if rel.endswith(".int8.onnx") and rel.startswith("separate/")
             else "fused, int8 QDQ" if rel == "model.int8.onnx" else
-            "one task, full model" if rel.startswith("separate/") else "weights" if rel.endswith(".data") else "")
+            "one task, full model" if rel.startswith("separate/") else "weights" if rel.endswith(".data") else
+            "shared trunk" if rel == "trunk.onnx" else "one task's branch" if rel.startswith("branches/") else "")
         if rel in onnx and "initializers" in onnx[rel]:
-            what += f", {onnx[rel]['initializers']} tensors"
+            what += f"{', ' if what else ''}{onnx[rel]['initializers']} tensors"
         row = [rel, _mb(rec["bytes"]), what]
         if status:
             st = status.get(rel, "?")
@@ -219,15 +220,18 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
     console.print(f"preprocessing: resize {pre.interpolation} (crop_pct {pre.crop_pct}, {pre.crop_mode} crop) to "
                   f"{pre.input_size[1]}x{pre.input_size[2]}, mean {list(pre.mean)}, std {list(pre.std)}")
     table = Table(title="tasks (outputs in this order)")
-    for col in ("task", "output", "shape", "labels", "tuned units", "mode", "val. acc."):
+    pruned = any(t.pruned for t in manifest.tasks)
+    for col in ("task", "output", "shape", "labels", "tuned units", "mode", *(["pruned"] if pruned else []),
+                "val. acc."):
         table.add_column(col)
     for t in manifest.tasks:
         labels = ", ".join(t.labels[:4]) + (", …" if len(t.labels) > 4 else "")
         units = ",".join(t.tuned_units) or "(linear probe)"
         if t.resized_from:
             units += f" (prepared at {t.resized_from[0]}x{t.resized_from[1]})"
+        width = [f"{t.pruned['ratio']:g} ({t.pruned.get('importance', '?')})" if t.pruned else "-"] if pruned else []
         table.add_row(t.name, t.output, " x ".join(map(str, t.shape)), labels or "(indices)",
-                      units if len(units) < 40 else units[:37] + "...", t.mode,
+                      units if len(units) < 40 else units[:37] + "...", t.mode, *width,
                       "" if t.val_accuracy is None else f"{t.val_accuracy:.3f}")
     console.print(table)
     if manifest.modular is not None:

@@ -18,6 +18,7 @@ from rich.table import Table
 from ..errors import SubtuneError
 from ..io import atomic_write_bytes, check_replaceable, staged_dir
 from ..progress import Event
+from ..prune import IMPORTANCES, PruneConfig, check_ratio
 from ..search.chosen import final_setup, train_chosen
 from ..search.evaluator import SearchSetup
 from ..search.factory import check_executor_kind, make_executor
@@ -47,6 +48,18 @@ def parse_count(ctx: click.Context, param: click.Parameter, value: str | None) -
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a count such as 250000, 2.5M or 0.4G") from None
     return int(number * _SUFFIX[unit])
+
+
+def parse_prune(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    """'0.5' -> 0.5, 'auto' -> 'auto'; a ratio outside (0, 0.95] is refused in one line."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    try:
+        return check_ratio(float(value))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a ratio such as 0.5, or auto") from None
+    except SubtuneError as exc:
+        raise click.BadParameter(exc.render("--prune")) from None
 
 
 def _check_executor(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -81,9 +94,9 @@ def _training_options(f):
     return training_options(f)
 
 
-def _setup(model, siamese=False, seeds=(0,), folds=0, **opts) -> SearchSetup:
+def _setup(model, siamese=False, seeds=(0,), folds=0, prune: PruneConfig | None = None, **opts) -> SearchSetup:
     spec, data, config = training_specs(model, **opts)
-    return SearchSetup(spec, data, config, siamese, tuple(seeds), folds)
+    return SearchSetup(spec, data, config, siamese, tuple(seeds), folds, prune)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -188,9 +201,18 @@ def _units_label(units: list[str], all_units: list[str]) -> str:
                    "branch FLOPs (--argmax: the best score, as the paper's code).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
               help="Greedy run log (resumable). Default: TASK_DIR/NAME.runs.json.")
+@click.option("--prune", callback=parse_prune, default=None, metavar="RATIO|auto",
+              help="After SubTuning, prune this share of the tuned units' channels (where only the task's own "
+                   "tensors carry them) and finetune the narrower branch; auto (with --blocks auto and a budget): "
+                   "each candidate set is pruned by the least of 0.25 / 0.5 / 0.75 that fits the budget.")
+@click.option("--prune-importance", type=click.Choice(IMPORTANCES), default=PruneConfig.importance, show_default=True,
+              help="How channels are ranked: first-order Taylor (|weight x gradient| over a few training batches), "
+                   "filter L1 norm (the paper's code), BatchNorm scale.")
+@click.option("--prune-epochs", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Finetuning epochs after pruning.")
 def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates, max_units, max_params, max_flops,
-         latency_budget, costs_path, folds, search_seeds, prefer_cheaper, log_path, workers, executor_kind, progress,
-         **opts) -> None:
+         latency_budget, costs_path, folds, search_seeds, prefer_cheaper, log_path, prune, prune_importance,
+         prune_epochs, workers, executor_kind, progress, **opts) -> None:
     """Train a task on MODEL: SubTune the chosen units (or let greedy selection choose) and a new head.
 
     \b
@@ -200,9 +222,16 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
       subtune-edge tune resnet50 --data ./flowers --name flowers --blocks auto --device cuda
       subtune-edge tune tf_efficientnet_lite0 --weights offline --data digits:digit --name digit \\
           --input-size 64 --latency-budget 1.5 --costs jetson-costs.json
+      subtune-edge tune resnet18 --data ./flowers --name flowers --blocks layer4 --prune 0.5
     """
+    auto = blocks.strip() == "auto"
+    if prune == "auto" and not auto:
+        raise click.BadParameter("auto picks a ratio per candidate set inside greedy selection; with --blocks "
+                                 "UNITS give a ratio such as 0.5", param_hint="--prune")
+    pruning = PruneConfig(prune if isinstance(prune, float) else 0.5, prune_importance, epochs=prune_epochs) \
+        if prune is not None else None
     setup = _setup(model, siamese=siamese, seeds=tuple(opts["seed"] + i for i in range(search_seeds)), folds=folds,
-                   **opts)
+                   prune=pruning, **opts)
     _check_writable(Path(task_dir), "task_dir")
     if log_path and blocks.strip() == "auto":
         _check_writable(Path(log_path).parent, "log_path")
@@ -211,11 +240,11 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
     console = Console()
     ui = _Progress(progress)
     greedy = None
-    if blocks.strip() == "auto":
+    if auto:
         cands = tuple(backbone.parse_units(candidates)) if candidates else None
         table = LatencyTable.read(costs_path) if costs_path else None
         gcfg = GreedyConfig(direction, epsilon, max_units, max_params, max_flops, cands, latency_budget, table,
-                            prefer_cheaper)
+                            prefer_cheaper, prune)
         log = RunLog(Path(log_path) if log_path else Path(task_dir) / f"{name}.runs.json", setup.context())
         # validation-split runs keep their tasks, so the final training reuses the search's run of the winner
         stem = log.path.name.removesuffix(".json")
@@ -225,12 +254,13 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
             greedy = greedy_select(setup, gcfg, executor=executor, log=log, progress=ui, store=store)
         units = greedy.units
         with ui.running(runs=False):
-            chosen = train_chosen(setup, units, final_log, store, name=name, progress=ui)
+            chosen = train_chosen(setup, units, final_log, store, name=name, progress=ui, prune=greedy.prune)
         task, reused = chosen.task, chosen.reused
     else:
         units = backbone.parse_units(blocks)
         with ui.running(runs=False):
-            task = train(backbone, data, units, setup.config, siamese=siamese, name=name, progress=ui).task
+            task = train(backbone, data, units, setup.config, siamese=siamese, prune=pruning, name=name,
+                         progress=ui).task
         reused = False
     path = save_task(task, Path(task_dir) / name)
 
@@ -255,6 +285,18 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
             ("prefix cache", "train + val" if r.prefix_cache["train"] else
              ("val only" if r.prefix_cache["val"] else "off")),
             ("device", r.device), ("time", f"{r.seconds:.1f} s" + (" (the search's run, reused)" if reused else ""))]
+    if task.pruned:
+        p = task.pruned
+        kept = sum(k for pairs in p["channels"].values() for k, _ in pairs)
+        total = sum(n for pairs in p["channels"].values() for _, n in pairs)
+        flops = p.get("flops") or {}
+        share = f"; branch FLOPs {flops['after'] / flops['before']:.2f}x" if flops.get("before") else ""
+        rows.insert(rows.index(("val accuracy (final)", f"{100 * r.val_accuracy:.2f}%")), (
+            "pruned", f"{p['ratio']:g} by {p['importance']}: {kept} of {total} channels kept in "
+                      f"{len(p['channels'])} unit(s){share}; {p.get('finetune_epochs', 0)} finetuning epochs"))
+        if p.get("unpruned_val_accuracy") is not None:
+            rows.insert(rows.index(("val accuracy (final)", f"{100 * r.val_accuracy:.2f}%")),
+                        ("val accuracy before pruning", f"{100 * p['unpruned_val_accuracy']:.2f}%"))
     if greedy is not None:
         rows.insert(rows.index(("val accuracy (final)", f"{100 * r.val_accuracy:.2f}%")) + 1, (
             "selected on", f"{folds}-fold inside the training split: the val accuracy is held out" if folds else
@@ -266,9 +308,13 @@ def tune(model, name, blocks, siamese, task_dir, direction, epsilon, candidates,
 
 def _write_front(greedy, gcfg: GreedyConfig, setup, backbone, task_dir: Path, name: str) -> dict:
     """The accuracy / added-cost front of every set the search evaluated, as JSON and a plot."""
-    cost = SetCost(backbone, setup.data.input_size)
+    cost = SetCost(backbone, setup.data.input_size, setup.prune)
     table = gcfg.latency_table
-    report = front_report(greedy.searches, greedy.units, table.latency if table else None, cost.flops)
+
+    def latency(units, ratio: float) -> float:
+        return table.latency(units, ratio, cost.kept_flops(ratio))
+
+    report = front_report(greedy.searches, greedy.units, latency if table else None, cost.flops, greedy.prune)
     report.update(budget_ms=gcfg.max_latency_ms, device=table.device if table else None,
                   backend=table.backend if table else None,
                   greedy={"units": greedy.units, "selection_score": greedy.accuracy, "selection_std": greedy.std,
@@ -291,10 +337,12 @@ def _render_greedy(console: Console, greedy, all_units: list[str], log_path) -> 
     for direction, s in greedy.searches.items():
         for rd in s["rounds"]:
             gain = "forced" if rd["forced"] else f"{100 * rd['gain']:+.2f}"
-            table.add_row(direction, str(rd["round"]), _units_label(rd["best"], all_units),
+            pruned = f" (pruned {rd['best_prune']:g})" if rd.get("best_prune") else ""
+            table.add_row(direction, str(rd["round"]), _units_label(rd["best"], all_units) + pruned,
                           f"{100 * rd['best_accuracy']:.2f}%", gain, "yes" if rd["accepted"] else "no")
     console.print(table)
-    console.print(f"chosen: {_units_label(greedy.units, all_units)}  accuracy {100 * greedy.accuracy:.2f}%  "
+    pruned = f"  pruned {greedy.prune:g}" if greedy.prune else ""
+    console.print(f"chosen: {_units_label(greedy.units, all_units)}{pruned}  accuracy {100 * greedy.accuracy:.2f}%  "
                   f"params {greedy.params / 1e6:.3f} M  branch {greedy.flops / 1e9:.3f} GFLOPs")
 
 

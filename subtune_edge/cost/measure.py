@@ -80,6 +80,27 @@ def unit_costs(backbone: Backbone, input_size: tuple[int, int] | None = None) ->
     return out
 
 
+def task_unit_costs(model: TaskModel, x: torch.Tensor) -> dict[str, UnitCost]:
+    """Cost of each unit as ``model`` runs it: its tuned copies (at their pruned widths) and the frozen rest.
+
+    Args:
+        model: a task's standalone model (CPU, eval).
+        x: one input batch (batch 1).
+
+    Returns:
+        By unit name, in model order.
+    """
+    out = {}
+    with torch.no_grad():
+        h = model.stem(x)
+    for name, unit in zip(model.unit_names, model.units):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            h = unit(h)
+        size = size_of(unit)
+        out[name] = UnitCost(name, size.params, size.bytes, int(counter.get_total_flops()))
+    return out
+
+
 def plan_from_json(data: dict) -> SharingPlan:
     """A :class:`SharingPlan` and its :class:`PlanCost` read back from a manifest's ``plan``.
 
@@ -138,13 +159,15 @@ def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: M
     for name in ["stem", *plan.trunk_units]:
         u = by_name[name]
         trunk += Cost(u.params, u.bytes, u.flops)
-    flops_of = {u.name: u.flops for u in units}
     branches = {}
+    models = {t.name: TaskModel.from_task(backbone, t) for t in tasks}
     for t, bp in zip(tasks, plan.branches):
+        own = task_unit_costs(models[t.name], x) if t.pruned else by_name  # a pruned task's units are its own
+        flops_of = {u.name: u.flops for u in units} | {n: c.flops for n, c in own.items()}
         n_head = t.head_in_features * t.num_classes + t.num_classes
         added = Cost(n_head, 4 * n_head, 2 * t.head_in_features * t.num_classes)
         for name in t.tuned_units:
-            added += Cost(by_name[name].params, by_name[name].bytes, 0)
+            added += Cost(own[name].params, own[name].bytes, 0)
         flops = added.flops + branch_flops(flops_of, plan.unit_names, t.tuned_units)
         branches[t.name] = BranchCost(bp.start_unit, list(bp.tuned_units), added.params, added.bytes, flops)
     fused_size = size_of(fused)
@@ -152,7 +175,7 @@ def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: M
     separate = Cost()
     per_task_full = {}
     for t in tasks:
-        model = TaskModel.from_task(backbone, t)
+        model = models[t.name]
         c = size_of(model)
         c.flops = count_flops(model, x)
         per_task_full[t.name] = c
@@ -167,7 +190,8 @@ def plan_cost(backbone: Backbone, tasks: list[Task], plan: SharingPlan, fused: M
 
 
 def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, int] | None = None,
-                with_cost: bool = True, stacked: bool = False, grouped: bool = False) -> MultiTaskModel:
+                with_cost: bool = True, stacked: bool = False, grouped: bool = False, strict: bool = True
+                ) -> MultiTaskModel:
     """The fused module for ``tasks`` with its plan (and, by default, the plan's costs).
 
     Args:
@@ -179,6 +203,8 @@ def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, in
             activations (:class:`~subtune_edge.multitask.StackedMultiTaskModel`): same outputs, fewer kernels.
         grouped: run the branches of tasks tuning the same units as one wider network
             (:class:`~subtune_edge.multitask.grouped.GroupedMultiTaskModel`); not with ``stacked``.
+        strict: with ``grouped``, refuse tasks that tune the same units at different widths (False:
+            group only the tasks that match).
 
     Returns:
         The fused module (eval mode, no gradients).
@@ -190,8 +216,10 @@ def build_fused(backbone: Backbone, tasks: list[Task], input_size: tuple[int, in
     if grouped and stacked:
         raise ExportError("grouped and stacked branches are two ways to run the branches; choose one ({param} or "
                           "stacked)", param="grouped")
-    fused = (GroupedMultiTaskModel if grouped else StackedMultiTaskModel if stacked else MultiTaskModel)(backbone,
-                                                                                                         tasks)
+    if grouped:
+        fused = GroupedMultiTaskModel(backbone, tasks, strict=strict)
+    else:
+        fused = (StackedMultiTaskModel if stacked else MultiTaskModel)(backbone, tasks)
     if with_cost:
         plan_cost(backbone, tasks, fused.plan, fused, input_size)
     return fused

@@ -97,11 +97,22 @@ class GroupedBranch(nn.Module):
         return self.heads(self.pool(self.units(h)))
 
 
+def unit_widths(task: Task) -> tuple:
+    """The shapes of a task's unit tensors and its head's input: what pruning changes, and grouping needs equal."""
+    return (*sorted((k, tuple(v.shape)) for k, v in task.tensors.items() if not k.startswith("head.")),
+            ("head.in_features", task.head_in_features))
+
+
 def grouping_key(task: Task) -> tuple | None:
-    """Tasks with equal keys can share one grouped branch; None for tasks that keep a plain branch."""
+    """Tasks with equal keys can share one grouped branch (same units at the same widths); None for tasks that
+    keep a plain branch."""
     if not task.tuned_units or task.siamese:
         return None
-    return tuple(task.tuned_units)
+    return tuple(task.tuned_units), unit_widths(task)
+
+
+def _width_label(task: Task) -> str:
+    return f"pruned {task.prune_ratio:g}" if task.prune_ratio else "full width"
 
 
 class GroupedMultiTaskModel(MultiTaskModel):
@@ -111,9 +122,14 @@ class GroupedMultiTaskModel(MultiTaskModel):
     them, form a group (:class:`GroupedBranch`); every other task keeps its plain branch. Outputs
     equal :class:`MultiTaskModel`'s within float32 rounding (BatchNorm is folded).
 
+    Tasks tuning the same units at different widths (one of them pruned) cannot share a group:
+    ``strict`` refuses them, otherwise they form separate groups (or keep plain branches).
+
     Args:
         backbone: the frozen backbone every task was trained on.
         tasks: the tasks; outputs come in this order.
+        strict: refuse tasks that tune the same units at different widths (the user asked for
+            grouped branches); False groups only the tasks that match (an automatic choice).
 
     Attributes:
         groups: the task indices of each group, in task order.
@@ -121,11 +137,24 @@ class GroupedMultiTaskModel(MultiTaskModel):
 
     Raises:
         TaskFileError: as :class:`MultiTaskModel`.
-        ExportError: a family or layer that cannot be grouped (param ``grouped``).
+        ExportError: a family or layer that cannot be grouped, or (``strict``) tasks of one unit set at
+            different widths (param ``grouped``).
     """
 
-    def __init__(self, backbone: Backbone, tasks: list[Task]):
+    def __init__(self, backbone: Backbone, tasks: list[Task], strict: bool = True):
         super().__init__(backbone, tasks)
+        if strict:
+            by_units: dict[tuple, Task] = {}
+            for t in tasks:
+                key = grouping_key(t)
+                if key is None:
+                    continue
+                other = by_units.setdefault(key[0], t)
+                if grouping_key(other) != key:
+                    raise ExportError(
+                        f"tasks '{other.name}' ({_width_label(other)}) and '{t.name}' ({_width_label(t)}) tune the "
+                        "same units at different widths, which one grouped branch cannot run; export with {param} "
+                        "plain or prune them alike", param="branches")
         by_key: dict[tuple, list[int]] = {}
         for j, t in enumerate(tasks):
             key = grouping_key(t)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..task import Task
+from .resize import resize_to_state
 
 
 def tuned_copy(backbone: Backbone, unit: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -17,14 +18,15 @@ def tuned_copy(backbone: Backbone, unit: str, state: dict[str, torch.Tensor] | N
     Args:
         backbone: the frozen backbone.
         unit: the unit's name.
-        state: the task's tensors for the unit (``strict`` load), or None to start from the frozen ones.
+        state: the task's tensors for the unit (``strict`` load; a pruned task's narrower tensors
+            rebuild the copy at their widths, :func:`resize_to_state`), or None to start from the frozen ones.
 
     Returns:
         A deep copy of the unit with gradients enabled.
     """
     module = copy.deepcopy(backbone.units[unit])
     if state is not None:
-        module.load_state_dict(state, strict=True)
+        resize_to_state(module, state)
     for p in module.parameters():
         p.requires_grad_(True)
     return module

@@ -212,13 +212,12 @@ class TaskOutput:
             separate: the export holds ``separate/<output>.onnx``.
             resized_from: the (H, W) the task was prepared at, when exported at another size.
         """
-        pruned = getattr(task, "pruned", None)
         return cls(name=task.name, output=output, shape=(batch_dim, task.num_classes), labels=tuple(task.labels),
                    tuned_units=tuple(task.tuned_units), siamese=task.siamese, mode=task.mode,
                    val_accuracy=task.training.get("val_accuracy"),
                    separate=f"separate/{output}.onnx" if separate else None,
                    resized_from=tuple(resized_from) if resized_from else None,
-                   pruned=dict(pruned) if pruned else None)
+                   pruned=dict(task.pruned) if task.pruned else None)
 
     @classmethod
     def from_json(cls, data: dict, where: str = MANIFEST, name: str = "tasks[0]") -> TaskOutput:

@@ -40,7 +40,8 @@ def final_setup(setup: SearchSetup) -> SearchSetup:
 
 
 def train_chosen(setup: SearchSetup, units: list[str] | tuple[str, ...], run_log: RunLog, store: str | Path, *,
-                 name: str, executor: Executor | None = None, progress: Progress | None = None) -> ChosenRun:
+                 name: str, executor: Executor | None = None, progress: Progress | None = None,
+                 prune: float = 0.0) -> ChosenRun:
     """``units`` trained on the whole training split with the setup's first seed, as the task ``name``.
 
     Args:
@@ -53,6 +54,7 @@ def train_chosen(setup: SearchSetup, units: list[str] | tuple[str, ...], run_log
         name: the name the task is given.
         executor: where a run that is needed goes (default: this process).
         progress: told the run's ``train`` events (local executor).
+        prune: the share of channels the chosen set's run prunes (the search's choice; 0: none).
 
     Returns:
         The task, the run's logged result and whether it was reused.
@@ -64,12 +66,13 @@ def train_chosen(setup: SearchSetup, units: list[str] | tuple[str, ...], run_log
     if run_log.context != jsonable(setup.context()):
         raise SubtuneError("the final training's run log was written for other settings than the search's "
                            "validation-split runs; give it the log of this setup")
-    spec = setup.specs(tuple(units), store)[0]
+    spec = setup.specs(tuple(units), store, prune)[0]
     path = Path(spec.task_path)
     if spec.key in run_log and path.is_file():
         try:
             task = load_task(path)
-            if list(task.tuned_units) == list(spec.units):
+            ratio = spec.prune.ratio if spec.prune is not None else 0.0
+            if list(task.tuned_units) == list(spec.units) and task.prune_ratio == ratio:
                 log.info("final training of %s: reusing run %s (%s)", name, spec.key, path)
                 return ChosenRun(replace(task, name=name), run_log.get(spec.key), True)
         except SubtuneError as exc:

@@ -24,6 +24,7 @@ from ..data import DataSpec
 from ..errors import SubtuneError
 from ..io import jsonable
 from ..progress import Progress, emit
+from ..prune import PruneConfig
 from ..train.config import TrainConfig, run_mode
 from ..train.runs import RunResult, RunSpec, execute_run, get_backbone
 from .executor import Executor, LocalExecutor, RunFn
@@ -44,6 +45,7 @@ class SearchSetup:
     siamese: bool = False
     seeds: tuple[int, ...] = (0,)
     folds: int = 0                       # k-fold over the training split; 0 or 1: the validation split
+    prune: PruneConfig | None = None     # how pruned runs prune (their ratio is the set's); None: defaults
 
     def __post_init__(self):
         if not self.seeds:
@@ -52,18 +54,21 @@ class SearchSetup:
             raise SubtuneError(f"k-fold validation needs at least 2 folds, got {self.folds}; pass 0 as {{param}} "
                                "to use the validation split", param="folds")
 
-    def specs(self, units: tuple[str, ...], store: str | os.PathLike | None = None) -> list[RunSpec]:
+    def specs(self, units: tuple[str, ...], store: str | os.PathLike | None = None, prune: float = 0.0
+              ) -> list[RunSpec]:
         """The runs that score ``units``: one per seed and fold.
 
         Args:
             units: the unit set.
             store: a folder where validation-split runs keep their task files (:func:`store_path`),
                 so that a final training with the same settings reuses them.
+            prune: the share of channels the runs prune after training (0: none).
         """
         folds = list(range(self.folds)) if self.folds else [None]
         data = replace(self.data, folds=self.folds) if self.folds else self.data
+        pruning = replace(self.prune or PruneConfig(), ratio=prune) if prune and units else None
         specs = [RunSpec(self.backbone, data.with_fold(f), tuple(units), replace(self.config, seed=s),
-                         self.siamese and bool(units))
+                         self.siamese and bool(units), pruning)
                  for s in self.seeds for f in folds]
         if store is None or self.folds:
             return specs
@@ -72,7 +77,10 @@ class SearchSetup:
     def context(self) -> dict:
         """What a run log written for this setup must agree on."""
         data = replace(self.data, folds=self.folds) if self.folds else self.data
-        return RunSpec(self.backbone, data, (), self.config, False).context() | {"siamese": self.siamese}
+        out = RunSpec(self.backbone, data, (), self.config, False).context() | {"siamese": self.siamese}
+        if self.prune is not None:
+            out["prune"] = {k: v for k, v in self.prune.to_json().items() if k != "ratio"}
+        return out
 
 
 def run_fn(executor: Executor, progress: Progress | None) -> RunFn:
@@ -104,16 +112,17 @@ class SetScore:
     max: float
     runs: int
     seconds: float
+    prune: float = 0.0
 
     def to_json(self) -> dict:
         """The score as profiles and greedy reports store it."""
         return asdict(self)
 
 
-def _score(units: tuple[str, ...], mode: str, results: list[dict]) -> SetScore:
+def _score(units: tuple[str, ...], mode: str, results: list[dict], prune: float = 0.0) -> SetScore:
     acc = np.array([r["accuracy"] for r in results], dtype=float)
     return SetScore(list(units), mode, float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                    float(acc.min()), float(acc.max()), len(acc), float(sum(r["seconds"] for r in results)))
+                    float(acc.min()), float(acc.max()), len(acc), float(sum(r["seconds"] for r in results)), prune)
 
 
 class Evaluator:
@@ -162,10 +171,17 @@ class Evaluator:
         """Distinct runs taken from the log as it was when the evaluator started (a resumed search)."""
         return len(self._reused)
 
-    def score_many(self, sets: list[tuple[str, ...]]) -> list[SetScore]:
-        """Scores of ``sets``, in order; their runs go to the executor together."""
+    def score_many(self, sets: list[tuple[str, ...]], prune: list[float] | None = None) -> list[SetScore]:
+        """Scores of ``sets``, in order; their runs go to the executor together.
+
+        Args:
+            sets: the unit sets.
+            prune: per set, the share of channels its runs prune (default: none prune).
+        """
         sets = [tuple(self.order(u)) for u in sets]
-        specs_per_set = [self.setup.specs(u, self.store) for u in sets]
+        ratios = list(prune) if prune is not None else [0.0] * len(sets)
+        ratios = [r if u else 0.0 for u, r in zip(sets, ratios)]
+        specs_per_set = [self.setup.specs(u, self.store, r) for u, r in zip(sets, ratios)]
 
         def on_result(spec: RunSpec, data: dict, reused: bool) -> None:
             key = data["key"]
@@ -183,12 +199,12 @@ class Evaluator:
         results = run_all(self.executor, self.fn, [s for specs in specs_per_set for s in specs], self.log,
                           key=lambda s: s.key, to_json=RunResult.to_json, on_result=on_result)
         names = self.backbone.unit_names
-        return [_score(u, run_mode(u, names, self.setup.siamese), [results[s.key] for s in specs])
-                for u, specs in zip(sets, specs_per_set)]
+        return [_score(u, run_mode(u, names, self.setup.siamese), [results[s.key] for s in specs], r)
+                for u, specs, r in zip(sets, specs_per_set, ratios)]
 
-    def score(self, units: tuple[str, ...]) -> SetScore:
-        """The score of one unit set."""
-        return self.score_many([units])[0]
+    def score(self, units: tuple[str, ...], prune: float = 0.0) -> SetScore:
+        """The score of one unit set (pruned by ``prune`` after training)."""
+        return self.score_many([units], [prune])[0]
 
     def order(self, units) -> list[str]:
         """``units`` in model order."""

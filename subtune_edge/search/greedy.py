@@ -11,6 +11,13 @@ seeds) and, with ``prefer_cheaper``, a round takes the cheapest candidate (fewes
 then parameters) among those within one standard error of the best that still gain ``epsilon``:
 a difference the runs cannot resolve is not worth a bigger branch on every frame. The paper's
 code keeps the arg-max; ``prefer_cheaper=False`` does that.
+
+With pruning (``prune``), a candidate is a (unit set, ratio) pair: a set's runs prune its tuned
+units' channels after training and finetune the narrower branch. ``prune=0.5`` prunes every set
+by half; ``prune="auto"`` gives each set the least ratio of ``prune_ratios`` that brings it under
+the budgets (none when it fits unpruned), so a latency budget can be met by tuning more units,
+more narrowly. Accuracy falls with the ratio, so the least ratio that fits is the one worth
+training: one run per set, as without pruning.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from ..cost import NECK_POOL, branch_flops, unit_costs
 from ..docs import documented
 from ..errors import SubtuneError
 from ..progress import Progress, emit
+from ..prune import AUTO_RATIOS, PruneConfig, check_ratio, pruned_unit_costs
 from .evaluator import Evaluator, SearchSetup, SetScore
 from .executor import Executor
 from .latency import LatencyTable
@@ -57,8 +65,21 @@ class GreedyConfig:
     prefer_cheaper: bool = field(default=True, metadata={
         "help": "Among candidates within one standard error of the best (that still gain epsilon), take the "
                 "one with the fewest branch FLOPs; False: the arg-max, as the paper's code."})
+    prune: float | str | None = field(default=None, metadata={
+        "help": "Prune every set's tuned units by this share of channels, or 'auto': each set by the least of "
+                "prune_ratios that fits the budgets; None: no pruning."})
+    prune_ratios: tuple[float, ...] = field(default=AUTO_RATIOS, metadata={
+        "help": "The ratios prune='auto' may choose, least pruning first."})
 
     def __post_init__(self):
+        if self.prune == "auto":
+            if self.max_latency_ms is None and self.max_flops is None and self.max_params is None:
+                raise SubtuneError("{param} auto prunes each set as much as a budget needs: give a latency budget, "
+                                   "max_flops or max_params, or a ratio such as 0.5", param="prune")
+            for r in self.prune_ratios:
+                check_ratio(r, "prune_ratios")
+        elif self.prune is not None:
+            check_ratio(self.prune)
         if self.direction not in ("forward", "backward", "both"):
             raise SubtuneError(f"greedy {{param}} must be forward, backward or both, not '{self.direction}'",
                                param="direction")
@@ -92,6 +113,7 @@ class GreedyResult:
     run_seconds: float = 0.0
     seconds: float = 0.0
     runs_per_set: int = 1
+    prune: float = 0.0                      # the share of channels the chosen set's runs pruned
 
     def to_json(self) -> dict:
         """The result as JSON."""
@@ -99,28 +121,54 @@ class GreedyResult:
 
 
 class SetCost:
-    """Parameters a unit set adds, and the FLOPs of the branch it makes (batch 1, the data's input size)."""
+    """Parameters a unit set adds, and the FLOPs of the branch it makes (batch 1, the data's input size).
 
-    def __init__(self, backbone: Backbone, input_size: tuple[int, int] | None):
+    With a pruning ratio, each tuned unit is priced as pruned alone at that ratio
+    (:func:`~subtune_edge.prune.pruned_unit_costs`): a conservative figure, since units tuned
+    together may share prunable channels.
+    """
+
+    def __init__(self, backbone: Backbone, input_size: tuple[int, int] | None, prune: PruneConfig | None = None):
         if any(p.device.type != "cpu" for p in backbone.model.parameters()):
             # training moved the backbone to an accelerator; count on a CPU copy, leave it where it is
             backbone = copy.deepcopy(backbone)
             backbone.model.cpu()
-        costs = {c.name: c for c in unit_costs(backbone, input_size)}
+        self.backbone, self.prune = backbone, prune
+        self.input_size = tuple(input_size or backbone.data_config["input_size"][1:])
+        costs = {c.name: c for c in unit_costs(backbone, self.input_size)}
         self.names = backbone.unit_names
         self.params_of = {u: costs[u].params for u in self.names}
         self.flops_of = {u: costs[u].flops for u in self.names}
         self.flops_of[NECK_POOL] = costs[NECK_POOL].flops
 
-    def params(self, units) -> int:
-        """Parameters of the tuned units."""
+    def pruned(self, ratio: float) -> dict[str, tuple[int, int]]:
+        """(params, FLOPs) of each unit pruned alone at ``ratio``."""
+        return pruned_unit_costs(self.backbone, ratio, self.input_size, self.prune)
+
+    def kept_flops(self, ratio: float) -> dict[str, float]:
+        """The share of each unit's FLOPs left after pruning it at ``ratio`` (1 without pruning)."""
+        if not ratio:
+            return {u: 1.0 for u in self.names}
+        pruned = self.pruned(ratio)
+        return {u: pruned[u][1] / self.flops_of[u] if self.flops_of[u] else 1.0 for u in self.names}
+
+    def params(self, units, ratio: float = 0.0) -> int:
+        """Parameters of the tuned units (pruned at ``ratio``)."""
+        if ratio:
+            pruned = self.pruned(ratio)
+            return sum(pruned[u][0] for u in units)
         return sum(self.params_of[u] for u in units)
 
-    def flops(self, units) -> int:
-        """FLOPs of the branch tuning ``units`` makes (0 for a linear probe, which adds only a head)."""
+    def flops(self, units, ratio: float = 0.0) -> int:
+        """FLOPs of the branch tuning ``units`` makes, its tuned units pruned at ``ratio`` (0 for a linear probe,
+        which adds only a head)."""
         if not units:
             return 0
-        return branch_flops(self.flops_of, self.names, units)
+        total = branch_flops(self.flops_of, self.names, units)
+        if ratio:
+            pruned = self.pruned(ratio)
+            total -= sum(self.flops_of[u] - pruned[u][1] for u in units)
+        return total
 
 
 def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, executor: Executor | None = None,
@@ -152,32 +200,53 @@ def greedy_select(setup: SearchSetup, greedy: GreedyConfig = GreedyConfig(), *, 
     candidates = ev.order(greedy.candidates) if greedy.candidates is not None else list(names)
     if not candidates:
         raise SubtuneError("greedy selection needs at least one candidate unit")
-    cost = SetCost(ev.backbone, setup.data.input_size)
+    cost = SetCost(ev.backbone, setup.data.input_size, setup.prune)
     if greedy.latency_table is not None:
         greedy.latency_table.check_model(setup.backbone.model_name)
 
-    def fits(units) -> bool:
+    def fits(units, ratio: float) -> bool:
         return ((greedy.max_units is None or len(units) <= greedy.max_units)
-                and (greedy.max_params is None or cost.params(units) <= greedy.max_params)
-                and (greedy.max_flops is None or cost.flops(units) <= greedy.max_flops)
-                and (greedy.max_latency_ms is None or greedy.latency_table.latency(units) <= greedy.max_latency_ms))
+                and (greedy.max_params is None or cost.params(units, ratio) <= greedy.max_params)
+                and (greedy.max_flops is None or cost.flops(units, ratio) <= greedy.max_flops)
+                and (greedy.max_latency_ms is None
+                     or greedy.latency_table.latency(units, ratio, cost.kept_flops(ratio)) <= greedy.max_latency_ms))
+
+    ratios = _ratios(greedy)
+
+    def ratio_for(units) -> float | None:
+        """The pruning a set is trained with: the least that fits the budgets; None when none does."""
+        for r in (ratios if units else [0.0]):
+            if fits(units, r):
+                return r
+        return None
 
     directions = ["forward", "backward"] if greedy.direction == "both" else [greedy.direction]
     pick = functools.partial(_pick, cost=cost, prefer_cheaper=greedy.prefer_cheaper)
-    searches = {d: _search(ev, d, candidates, greedy.epsilon, fits, pick, progress) for d in directions}
+    searches = {d: _search(ev, d, candidates, greedy.epsilon, ratio_for, max(ratios), pick, progress)
+                for d in directions}
     feasible = [d for d in directions if searches[d]["feasible"]]
     if not feasible:
         raise SubtuneError("no unit set fits the budget (max_units / max_params / max_flops / max_latency_ms); "
-                           "loosen it")
+                           "loosen it" + (" or allow pruning (prune='auto')" if greedy.prune is None else ""))
     finals = [SetScore(searches[d]["units"], d, searches[d]["accuracy"], searches[d]["std"], 0.0, 0.0,
-                       searches[d]["runs"], 0.0) for d in feasible]
+                       searches[d]["runs"], 0.0, searches[d]["prune"]) for d in feasible]
     best = feasible[finals.index(pick(finals, floor=float("-inf")))]
     s = searches[best]
     if log is not None:
         log.set_extra("greedy", {"config": asdict(greedy), "searches": searches, "chosen": best})
-    return GreedyResult(s["units"], s["accuracy"], s["std"], best, cost.params(s["units"]), cost.flops(s["units"]),
-                        searches, ev.new_runs, ev.reused_runs, ev.new_runs + ev.reused_runs, ev.run_seconds,
-                        time.perf_counter() - t0, len(setup.specs(())))
+    return GreedyResult(s["units"], s["accuracy"], s["std"], best, cost.params(s["units"], s["prune"]),
+                        cost.flops(s["units"], s["prune"]), searches, ev.new_runs, ev.reused_runs,
+                        ev.new_runs + ev.reused_runs, ev.run_seconds, time.perf_counter() - t0,
+                        len(setup.specs(())), s["prune"])
+
+
+def _ratios(greedy: GreedyConfig) -> list[float]:
+    """The pruning ratios a set may be trained with, least first."""
+    if greedy.prune is None:
+        return [0.0]
+    if greedy.prune == "auto":
+        return [0.0, *sorted(greedy.prune_ratios)]
+    return [float(greedy.prune)]
 
 
 def standard_error(score: SetScore) -> float:
@@ -198,29 +267,35 @@ def _pick(scores: list[SetScore], floor: float, cost: SetCost, prefer_cheaper: b
     if not prefer_cheaper:
         return best
     near = [s for s in eligible if s.mean >= best.mean - standard_error(best)]
-    return min(near, key=lambda s: (cost.flops(s.units), cost.params(s.units), -s.mean))
+    return min(near, key=lambda s: (cost.flops(s.units, s.prune), cost.params(s.units, s.prune), -s.mean))
 
 
-def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float, fits, pick,
+def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float, ratio_for, most: float, pick,
             progress: Progress | None) -> dict:
     forward = direction == "forward"
     current: tuple[str, ...] = () if forward else tuple(candidates)
     rounds: list[dict] = []
-    feasible = fits(current)
+    ratio = ratio_for(current)
+    feasible = ratio is not None
     if feasible:
-        start = ev.score(current)
+        start = ev.score(current, ratio)
         acc, std, runs = start.mean, start.std, start.runs
     else:  # backward from a set over budget: remove units (forced) until one fits
-        acc, std, runs = float("-inf"), 0.0, 0
+        acc, std, runs, ratio = float("-inf"), 0.0, 0, 0.0
     for r in range(1, len(candidates) + 1):
         if forward:
             options = [tuple(ev.order((*current, u))) for u in candidates if u not in current]
-            options = [o for o in options if fits(o)]
+            priced = [(o, ratio_for(o)) for o in options]
         else:
             options = [tuple(u for u in current if u != drop) for drop in current]
-        if not options:
+            # a removal that still does not fit is trained anyway (the search is forced down to the budget),
+            # at the most pruning allowed: the nearest it can come
+            priced = [(o, q if q is not None else most) for o, q in ((o, ratio_for(o)) for o in options)]
+        priced = [(o, q) for o, q in priced if q is not None]
+        if not priced:
             break
-        scores = ev.score_many(options)
+        options = [o for o, _ in priced]
+        scores = ev.score_many(options, [q for _, q in priced])
         forced = not feasible
         top = max(scores, key=lambda s: s.mean)  # first of equals: model order
         kept = pick(scores, floor=float("-inf") if forced else acc + epsilon)
@@ -230,15 +305,16 @@ def _search(ev: Evaluator, direction: str, candidates: list[str], epsilon: float
         info = {"direction": direction, "round": r, "from": list(current),
                 "from_accuracy": None if forced else acc, "best": best.units, "best_accuracy": best.mean,
                 "best_std": best.std, "top": top.units, "top_accuracy": top.mean,
-                "gain": gain, "accepted": accepted, "forced": forced,
+                "gain": gain, "accepted": accepted, "forced": forced, "best_prune": best.prune,
+                "from_prune": None if forced else ratio,
                 "candidates": [{"units": s.units, "accuracy": s.mean, "std": s.std, "runs": s.runs,
-                                "seconds": s.seconds} for s in scores]}
+                                "seconds": s.seconds, "prune": s.prune} for s in scores]}
         rounds.append(info)
         emit(progress, "search", f"{direction} round {r}: best {','.join(best.units) or '(linear probe)'}",
              event="round", **info)
         if not accepted:
             break
-        current, acc, std, runs = tuple(best.units), best.mean, best.std, best.runs
-        feasible = fits(current)
+        current, acc, std, runs, ratio = tuple(best.units), best.mean, best.std, best.runs, best.prune
+        feasible = ratio_for(current) is not None
     return {"units": list(current), "accuracy": acc, "std": std, "runs": runs, "rounds": rounds,
-            "feasible": feasible}
+            "feasible": feasible, "prune": ratio}

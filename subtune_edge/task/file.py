@@ -42,6 +42,10 @@ class Task:
         preprocessing: the timm data config it was trained with.
         siamese: its head reads tuned and frozen features side by side.
         training: the training record (mode, epochs, samples, validation accuracy, ...).
+        pruned: for a task whose tuned units were narrowed by structured pruning, what was pruned
+            (``ratio``, ``importance``, ``channels`` kept of each pruned group by unit, ``features``
+            when the head reads fewer features); empty for a full-width task. Its unit tensors then
+            have the pruned shapes, and every loader rebuilds the units at those widths.
     """
 
     name: str
@@ -55,11 +59,22 @@ class Task:
     preprocessing: dict = field(default_factory=dict)
     siamese: bool = False
     training: dict = field(default_factory=dict)
+    pruned: dict = field(default_factory=dict)
+
+    @property
+    def branch_features(self) -> int:
+        """Features the task's own branch gives its head: fewer than the backbone's when pruning narrowed them."""
+        return int(self.pruned.get("features", self.num_features))
 
     @property
     def head_in_features(self) -> int:
-        """Inputs of the head: twice the features for a Siamese task."""
-        return self.num_features * (2 if self.siamese else 1)
+        """Inputs of the head: the branch's features, and the frozen ones beside them for a Siamese task."""
+        return self.branch_features + (self.num_features if self.siamese else 0)
+
+    @property
+    def prune_ratio(self) -> float:
+        """The share of channels pruned from the tuned units (0 for a full-width task)."""
+        return float(self.pruned.get("ratio", 0.0))
 
     @property
     def mode(self) -> str:
@@ -85,7 +100,7 @@ class Task:
                      "num_features": self.num_features},
             "labels": list(self.labels), "preprocessing": jsonable(self.preprocessing),
             "siamese": self.siamese, "training": jsonable(self.training),
-        }
+        } | ({"pruned": jsonable(self.pruned)} if self.pruned else {})
 
     # -- checks ---------------------------------------------------------------------------------
     def check_backbone(self, backbone: Backbone) -> None:
@@ -116,10 +131,15 @@ class Task:
             if expected is None:
                 raise TaskFileError(f"{where} tunes unit '{unit}', which {backbone.name} does not have")
             got = {k: tuple(v.shape) for k, v in self.unit_state(unit).items()}
-            if got != expected:
-                diff = sorted(set(got.items()) ^ set(expected.items()))[:2]
-                raise TaskFileError(f"{where}: tensors of unit '{unit}' do not match {backbone.name} "
-                                    f"(first differences: {diff}); the file was edited or is for another model")
+            if got == expected:
+                continue
+            narrower = got.keys() == expected.keys() and all(
+                len(got[k]) == len(expected[k]) and all(a <= b for a, b in zip(got[k], expected[k])) for k in got)
+            if narrower and self.pruned:
+                continue  # a pruned task's units: the shapes are its own, each no wider than the backbone's
+            diff = sorted(set(got.items()) ^ set(expected.items()))[:2]
+            raise TaskFileError(f"{where}: tensors of unit '{unit}' do not match {backbone.name} "
+                                f"(first differences: {diff}); the file was edited or is for another model")
 
     def _check_consistent(self, path: Path) -> None:
         known = {f"{u}." for u in self.tuned_units}
@@ -290,7 +310,7 @@ def load_tasks(specs: list[str], task_dir: str | os.PathLike | None = None) -> l
 
 def make_task(name: str, backbone: Backbone, tuned: dict[str, torch.nn.Module], head: torch.nn.Linear, *,
               labels: list[str] | None = None, preprocessing: dict | None = None, siamese: bool = False,
-              training: dict | None = None) -> Task:
+              training: dict | None = None, pruned: dict | None = None) -> Task:
     """Package trained modules as a :class:`Task` tied to ``backbone``'s frozen weights.
 
     Args:
@@ -302,6 +322,7 @@ def make_task(name: str, backbone: Backbone, tuned: dict[str, torch.nn.Module], 
         preprocessing: the timm data config; None for the backbone's.
         siamese: the head reads tuned and frozen features side by side.
         training: the training record.
+        pruned: what structured pruning narrowed (see :attr:`Task.pruned`); None for full-width units.
 
     Returns:
         The task, with copies of the tensors on the CPU.
@@ -317,6 +338,6 @@ def make_task(name: str, backbone: Backbone, tuned: dict[str, torch.nn.Module], 
     task = Task(name=name, backbone=backbone.spec, fingerprint=backbone.fingerprint, tuned_units=order,
                 num_features=backbone.num_features, num_classes=head.out_features, tensors=tensors,
                 labels=list(labels or []), preprocessing=dict(preprocessing or backbone.data_config),
-                siamese=siamese, training=dict(training or {}))
+                siamese=siamese, training=dict(training or {}), pruned=dict(pruned or {}))
     task._check_consistent(Path(f"<task {name}>"))
     return task

@@ -83,6 +83,7 @@ class TaskMetadata:
     preprocessing: dict = field(default_factory=dict)
     siamese: bool = False
     training: dict = field(default_factory=dict)
+    pruned: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, meta: dict, path: Path) -> TaskMetadata:
@@ -116,13 +117,19 @@ def _read(meta: dict, path: Path) -> TaskMetadata:
         raise TaskFileError(f"{where}: metadata field 'backbone.model_args': {exc}") from exc
     head = meta["head"]
     siamese = meta.get("siamese", False)
-    in_features = head["num_features"] * (2 if siamese else 1)
+    pruned = meta.get("pruned") or {}
+    branch = pruned.get("features", head["num_features"])
+    if branch > head["num_features"]:
+        raise TaskFileError(message(TASK_FORMAT, where, "pruned.features", branch,
+                                    f"at most num_features ({head['num_features']}): pruning only narrows"))
+    in_features = branch + (head["num_features"] if siamese else 0)
     if head.get("in_features", in_features) != in_features:
+        shown = "pruned.features" if "features" in pruned else "num_features"
         raise TaskFileError(message(TASK_FORMAT, where, "head.in_features", head["in_features"],
-                                    f"{in_features} (num_features{' x 2, Siamese' if siamese else ''})"))
+                                    f"{in_features} ({shown}{' + num_features, Siamese' if siamese else ''})"))
     return TaskMetadata(name=name, backbone=BackboneSpec(bb["model_name"], bb.get("weights", "timm"),
                                                          dict(model_args)),
                         fingerprint=meta["fingerprint"], tuned_units=list(meta["tuned_units"]),
                         num_features=head["num_features"], num_classes=head["num_classes"],
                         labels=list(meta.get("labels", [])), preprocessing=dict(meta.get("preprocessing", {})),
-                        siamese=siamese, training=dict(meta.get("training", {})))
+                        siamese=siamese, training=dict(meta.get("training", {})), pruned=dict(pruned))

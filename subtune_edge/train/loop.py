@@ -31,9 +31,10 @@ import torch.nn.functional as F
 
 from ..backbone import Backbone
 from ..data import ImageSet, TaskData
-from ..errors import SubtuneError
+from ..errors import PruneError, SubtuneError
 from ..multitask import TaskModel
 from ..progress import Progress, emit
+from ..prune import PruneConfig, prune_task_model
 from ..task import make_task
 from .config import TrainConfig, device_name, resolve_device, run_mode
 from .loaders import EpochSampler, make_loader
@@ -130,8 +131,8 @@ def _prefix_caches(step, cfg, backbone, data, train_set, val_set, cache):
 
 
 def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...], config: TrainConfig | None = None,
-          *, siamese: bool = False, name: str = "task", progress: Progress | None = None,
-          cache: PrefixCache | None = None, world: World = SINGLE) -> TrainResult:
+          *, siamese: bool = False, prune: PruneConfig | None = None, name: str = "task",
+          progress: Progress | None = None, cache: PrefixCache | None = None, world: World = SINGLE) -> TrainResult:
     """Train a new head and copies of ``units`` on ``data``; the backbone's own weights never change.
 
     Args:
@@ -141,6 +142,9 @@ def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...]
             stays frozen, as everywhere in subtune-edge).
         config: how to train (defaults: the paper's recipe for this model and device).
         siamese: put the head on tuned and frozen features side by side.
+        prune: after the epochs, prune the tuned units' channels (:mod:`subtune_edge.prune`) and
+            finetune the narrower branch for ``prune.epochs`` more epochs (cosine from the run's lr,
+            no warm-up); the task records the pruned widths. None: no pruning.
         name: the task's name in the task file.
         progress: told ``train`` events: data ``event`` = ``start`` (mode, units, epochs, steps per
             epoch, prefix cache), ``epoch`` (a history row) and ``end`` (the record).
@@ -155,8 +159,11 @@ def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...]
     Raises:
         SubtuneError: bad units or config, or a run whose loss became non-finite (nothing is
             returned, so nothing can be saved).
+        PruneError: pruning asked of a linear probe, or of units it cannot narrow.
     """
     units = check_units(backbone, units, siamese)
+    if prune is not None and not units:
+        raise PruneError("a linear probe has no tuned unit to prune; tune units or drop {param}", param="prune")
     config = config or TrainConfig()
     cfg = replace(config, device=world.device(resolve_device(config.device))).resolve(backbone, units, data)
     world.check(cfg)
@@ -197,70 +204,117 @@ def train(backbone: Backbone, data: TaskData, units: list[str] | tuple[str, ...]
         history: list[dict] = []
         step_seconds = 0.0
         cuda = cfg.device.startswith("cuda")
-        for epoch in range(1, cfg.epochs + 1):
-            t_epoch = time.perf_counter()
-            model.train()
-            # accumulated on the device: no host sync per step
-            loss_sum = torch.zeros((), dtype=torch.float64, device=step.device)
-            correct = torch.zeros((), dtype=torch.long, device=step.device)
-            first_bad = torch.full((), -1, dtype=torch.long, device=step.device)
-            seen = 0
+
+        def epoch_batches():
             if train_cached is not None:
                 h_all, y_all = train_cached
-                batches = ((None, y_all[i.to(y_all.device)], h_all[i.to(h_all.device)]) for i in my_batches(gen))
-            else:
-                batches = ((x, y, None) for x, y in loader)
-            t_steps = time.perf_counter()
-            for i, ((x, y, h), global_n) in enumerate(zip(batches, sizes)):
-                try:
-                    loss, logits = step(x, y, h, global_n)
-                except RuntimeError as exc:  # AdamW's step size itself overflowed float32 (a huge lr)
-                    if "overflow" not in str(exc):
-                        raise
-                    _diverged(epoch, i + 1, float("inf"), cfg)
-                y = y.to(step.device, non_blocking=True)
-                loss_sum += loss.double() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i + 1, first_bad)
-                seen += len(y)
-            if cuda:
-                torch.cuda.synchronize(step.device)
-            step_seconds += time.perf_counter() - t_steps  # with data loading, as a user waits for it
-            lr = step.lr
-            loss_total, correct_total, seen_total, bad = world.all_sum(
-                [float(loss_sum), int(correct), seen, int(first_bad >= 0)], step.device)
-            if bad:
-                _diverged(epoch, int(first_bad), loss_total / max(seen_total, 1), cfg)
-            v_correct, v_loss, v_total = world.all_sum(
-                list(_counts(step, _batches(val_loader, val_part, 2 * cfg.batch_size))), step.device)
-            row = {"epoch": epoch, "train_loss": loss_total / max(seen_total, 1),
-                   "train_accuracy": correct_total / max(seen_total, 1),
-                   "val_loss": v_loss / v_total if v_total else 0.0,
-                   "val_accuracy": v_correct / v_total if v_total else 0.0, "lr": lr,
-                   "seconds": time.perf_counter() - t_epoch}
-            history.append(row)
-            emit(progress, "train", f"epoch {epoch}/{cfg.epochs}", epoch, cfg.epochs,
-                 **dict(row, event="epoch", epochs=cfg.epochs))
+                return ((None, y_all[i.to(y_all.device)], h_all[i.to(h_all.device)]) for i in my_batches(gen))
+            return ((x, y, None) for x, y in loader)
+
+        def run_epochs(step: TrainStep, epochs: int, phase: str | None) -> None:
+            nonlocal step_seconds
+            for e in range(1, epochs + 1):
+                epoch = len(history) + 1
+                t_epoch = time.perf_counter()
+                model.train()
+                # accumulated on the device: no host sync per step
+                loss_sum = torch.zeros((), dtype=torch.float64, device=step.device)
+                correct = torch.zeros((), dtype=torch.long, device=step.device)
+                first_bad = torch.full((), -1, dtype=torch.long, device=step.device)
+                seen = 0
+                t_steps = time.perf_counter()
+                for i, ((x, y, h), global_n) in enumerate(zip(epoch_batches(), sizes)):
+                    try:
+                        loss, logits = step(x, y, h, global_n)
+                    except RuntimeError as exc:  # AdamW's step size itself overflowed float32 (a huge lr)
+                        if "overflow" not in str(exc):
+                            raise
+                        _diverged(epoch, i + 1, float("inf"), cfg)
+                    y = y.to(step.device, non_blocking=True)
+                    loss_sum += loss.double() * len(y)
+                    correct += (logits.argmax(1) == y).sum()
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i + 1, first_bad)
+                    seen += len(y)
+                if cuda:
+                    torch.cuda.synchronize(step.device)
+                step_seconds += time.perf_counter() - t_steps  # with data loading, as a user waits for it
+                lr = step.lr
+                loss_total, correct_total, seen_total, bad = world.all_sum(
+                    [float(loss_sum), int(correct), seen, int(first_bad >= 0)], step.device)
+                if bad:
+                    _diverged(epoch, int(first_bad), loss_total / max(seen_total, 1), cfg)
+                v_correct, v_loss, v_total = world.all_sum(
+                    list(_counts(step, _batches(val_loader, val_part, 2 * cfg.batch_size))), step.device)
+                row = {"epoch": epoch, "train_loss": loss_total / max(seen_total, 1),
+                       "train_accuracy": correct_total / max(seen_total, 1),
+                       "val_loss": v_loss / v_total if v_total else 0.0,
+                       "val_accuracy": v_correct / v_total if v_total else 0.0, "lr": lr,
+                       "seconds": time.perf_counter() - t_epoch}
+                if phase:
+                    row["phase"] = phase
+                history.append(row)
+                emit(progress, "train", f"{phase or 'epoch'} {e}/{epochs}", e, epochs,
+                     **dict(row, event="epoch", epochs=epochs))
+
+        run_epochs(step, cfg.epochs, None)
+        pruned_record = None
+        if prune is not None:
+            unpruned = history[-1]["val_accuracy"]
+            if prune.importance == "taylor":
+                _taylor_gradients(step, epoch_batches(), prune.taylor_batches)
+            sample = train_set[0][0].unsqueeze(0).to(step.device)
+            record = prune_task_model(model, prune, sample, backbone.family)
+            emit(progress, "train", f"pruned {100 * prune.ratio:.0f}% of the channels: finetuning", 0, prune.epochs,
+                 event="start", mode=mode, units=units, epochs=prune.epochs, steps_per_epoch=len(sizes),
+                 prefix_cache=dict(cache_info), phase="prune-finetune")
+            pruned_record = record.to_json() | {"finetune_epochs": prune.epochs, "unpruned_val_accuracy": unpruned}
+            if prune.epochs:
+                tune_cfg = replace(cfg, warmup=0.0)
+                step = TrainStep(model, tune_cfg, prune.epochs * len(sizes), branch=world.wrap_branch(model),
+                                 world_size=world.size)
+                run_epochs(step, prune.epochs, "prune-finetune")
+            else:  # pruned, not finetuned: the record's last row is the pruned model's
+                v_correct, v_loss, v_total = world.all_sum(
+                    list(_counts(step, _batches(val_loader, val_part, 2 * cfg.batch_size))), step.device)
+                history.append({"epoch": len(history) + 1, "phase": "pruned", "train_loss": None,
+                                "train_accuracy": None, "val_loss": v_loss / max(v_total, 1),
+                                "val_accuracy": v_correct / max(v_total, 1), "lr": 0.0, "seconds": 0.0})
         model.eval()
 
     tuned = world.saved_units({u: model.units[backbone.unit_names.index(u)] for u in units})
     _check_finite(tuned, model)
-    best = max(history, key=lambda r: r["val_accuracy"])
+    # a pruned model's best epoch is one of its own: the unpruned epochs scored a model it no longer is
+    scored = [r for r in history if r.get("phase") in ("prune-finetune", "pruned")] if prune is not None else history
+    best = max(scored, key=lambda r: r["val_accuracy"])
     record = RunRecord(
         mode=mode, units=units, siamese=siamese, epochs=cfg.epochs, samples=len(train_set),
         val_samples=len(val_set), val_accuracy=history[-1]["val_accuracy"],
         best_val_accuracy=best["val_accuracy"], best_epoch=best["epoch"], history=history,
         config=cfg.to_json(), data=data.describe(), device=device_name(cfg.device),
         amp_dtype=str(step.dtype).replace("torch.", "") if step.dtype else None, prefix_cache=cache_info,
-        seconds=time.perf_counter() - t_start, step_seconds_mean=step_seconds / max(1, cfg.epochs * len(sizes)),
+        seconds=time.perf_counter() - t_start,
+        step_seconds_mean=step_seconds / max(1, (cfg.epochs + (prune.epochs if prune else 0)) * len(sizes)),
         trainable_params=sum(p.numel() for m in model.trainable_modules().values() for p in m.parameters()),
         versions={"torch": torch.__version__, "timm": timm.__version__}, distributed=world.record())
     task = make_task(name, backbone, tuned, model.head, labels=data.labels, preprocessing=data.data_config,
-                     siamese=siamese, training=record.to_json())
+                     siamese=siamese, training=record.to_json(), pruned=pruned_record)
     emit(progress, "train", f"{mode}: val acc {100 * record.val_accuracy:.2f}%", cfg.epochs, cfg.epochs,
          event="end", **record.to_json())
     log.debug("trained %s (%s) in %.1f s", name, mode, record.seconds)
     return TrainResult(task, model, record)
+
+
+def _taylor_gradients(step: TrainStep, batches: Iterator, n: int) -> None:
+    """Leave in every trainable ``.grad`` the loss gradient summed over ``n`` training batches (Taylor importance)."""
+    model = step.model
+    model.eval()  # ranking channels, not training: BatchNorm statistics stay
+    model.zero_grad(set_to_none=True)
+    for (x, y, h), _ in zip(batches, range(n)):
+        with step.autocast():
+            if h is None:
+                h = model.forward_prefix(step.to_device(x))
+            loss = F.cross_entropy(model.forward_branch(h).float(), y.to(step.device))
+        loss.backward()
 
 
 def _diverged(epoch: int, step_no: int, loss: float, cfg: TrainConfig) -> None:

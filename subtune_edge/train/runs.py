@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from ..backbone import Backbone, BackboneSpec, load_backbone
 from ..data import DataSpec, TaskData, load_data, spec_key
 from ..progress import Progress
+from ..prune import PruneConfig
 from ..task import save_task
 from .config import TrainConfig, run_mode
 from .loop import train
@@ -27,22 +28,27 @@ class RunSpec:
     units: tuple[str, ...]
     config: TrainConfig
     siamese: bool = False
+    prune: PruneConfig | None = None      # prune the tuned units after training, then finetune
     # where to save the run's task (tuned units + head), so that a final training with the same
     # settings can reuse the run; not part of the key: where a result is kept does not change it
     task_path: str | None = None
 
     @property
     def key(self) -> str:
-        """Unit set + seed + fold + mode: what a run log is indexed by."""
+        """Unit set + seed + fold + mode (+ the pruning ratio of a pruned run): what a run log is indexed by."""
         mode = run_mode(self.units, None, self.siamese and bool(self.units))
-        return f"{mode}|{'+'.join(self.units) or '-'}|seed={self.config.seed}|fold={self.data.fold}"
+        pruned = f"|prune={self.prune.ratio:g}" if self.prune is not None else ""
+        return f"{mode}|{'+'.join(self.units) or '-'}|seed={self.config.seed}|fold={self.data.fold}{pruned}"
 
     def context(self) -> dict:
         """Everything but the unit set, seed and fold: runs in one log must agree on it."""
         neutral = replace(self.config, seed=0, device="auto", prefix_cache=True, cache_max_bytes=0, cache_whole_set=0,
                           num_workers=None)
-        return {"backbone": self.backbone.to_json(), "data": self.data.with_fold(None).to_json(),
-                "config": neutral.to_json()}
+        out = {"backbone": self.backbone.to_json(), "data": self.data.with_fold(None).to_json(),
+               "config": neutral.to_json()}
+        if self.prune is not None:  # how pruned runs prune, but not how much: the ratio is in the key
+            out["prune"] = {k: v for k, v in self.prune.to_json().items() if k != "ratio"}
+        return out
 
 
 @dataclass
@@ -64,6 +70,8 @@ class RunResult:
     val_samples: int
     prefix_cache: bool
     history: list[dict] = field(default_factory=list)
+    prune: float = 0.0                          # the share of channels pruned (0: a full-width run)
+    unpruned_accuracy: float | None = None      # a pruned run's last accuracy before pruning
 
     def to_json(self) -> dict:
         """The result as a run log stores it."""
@@ -113,7 +121,8 @@ def execute_run(spec: RunSpec, device: str | None = None, progress: Progress | N
     data = get_data(spec.data, backbone.data_config)
     cfg = replace(spec.config, device=device) if device and device != "auto" else spec.config
     units = list(spec.units)
-    result = train(backbone, data, units, cfg, siamese=spec.siamese and bool(units), name="run", progress=progress)
+    result = train(backbone, data, units, cfg, siamese=spec.siamese and bool(units), prune=spec.prune, name="run",
+                   progress=progress)
     if spec.task_path is not None:
         save_task(result.task, spec.task_path)
     r = result.record
@@ -123,4 +132,7 @@ def execute_run(spec: RunSpec, device: str | None = None, progress: Progress | N
         final_accuracy=r.val_accuracy, best_accuracy=r.best_val_accuracy, seconds=r.seconds,
         device=r.device, epochs=r.epochs, train_samples=r.samples, val_samples=r.val_samples,
         prefix_cache=bool(r.prefix_cache["train"]),
-        history=[{k: v for k, v in h.items() if k in ("epoch", "train_loss", "val_accuracy")} for h in r.history])
+        history=[{k: v for k, v in h.items() if k in ("epoch", "train_loss", "val_accuracy", "phase")}
+                 for h in r.history],
+        prune=spec.prune.ratio if spec.prune is not None else 0.0,
+        unpruned_accuracy=result.task.pruned.get("unpruned_val_accuracy") if spec.prune is not None else None)

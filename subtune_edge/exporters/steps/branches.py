@@ -101,7 +101,7 @@ def run(ctx: ExportContext) -> None:
     with tempfile.TemporaryDirectory(prefix=".branches-", dir=ctx.staging.parent) as tmp:
         candidate = Path(tmp) / "grouped.onnx"
         with step("branches", ctx.timings, ctx.progress, "exporting the grouped branches to compare"):
-            grouped = build_fused(ctx.backbone, ctx.tasks, ctx.size, grouped=True)
+            grouped = build_fused(ctx.backbone, ctx.tasks, ctx.size, grouped=True, strict=False)
             report = export_onnx(grouped, candidate, ctx.outs, ctx.size, ctx.range, ctx.opset, ctx.opts.dynamo)
             x = seeded_batch(min(max(2, ctx.range[0]), ctx.range[1]), ctx.size)
             with OrtRunner(ctx.staging / "model.onnx") as a, OrtRunner(candidate) as b:
