@@ -226,7 +226,9 @@ def write_report(out: Path, acc: list[dict], lat: list[dict], args, env: dict, s
                               if imp != args.importance) or "-"
             lines.append(f"| {k} | {x['drop_points']:+.2f} | {other} | {rel} | {'yes' if x['holds'] else 'no'} |")
         lines.append("")
-    lines.append(f"Total time {seconds / 60:.1f} min; load before/after {env.get('load_before')} / {load()}.")
+    part = f"the {args.only} half only (--only {args.only})" if args.only else "accuracy and latency"
+    lines.append(f"This run ({part}) took {seconds / 60:.1f} min; "
+                 f"load before/after {env.get('load_before')} / {load()}.")
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
     if acc and lat:
         plot_front(out / "front.png", acc, lat, args)
