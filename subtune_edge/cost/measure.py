@@ -56,6 +56,28 @@ def count_flops(fn, *args) -> int:
     return int(counter.get_total_flops())
 
 
+def chain_costs(parts, x: torch.Tensor) -> list[UnitCost]:
+    """Cost of each module of a chain, each run on the output of the one before it (at ``x``'s batch).
+
+    The one walker behind :func:`unit_costs` (a backbone's units) and :func:`task_unit_costs` (a task's
+    own copies, at their pruned widths): a unit's FLOPs depend on the activation it receives.
+
+    Args:
+        parts: (name, module) pairs in the order they run.
+        x: the first module's input.
+
+    Returns:
+        One :class:`UnitCost` per part, in order.
+    """
+    out = []
+    for name, module in parts:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            x = module(x)
+        size = size_of(module)
+        out.append(UnitCost(name, size.params, size.bytes, int(counter.get_total_flops())))
+    return out
+
+
 def unit_costs(backbone: Backbone, input_size: tuple[int, int] | None = None) -> list[UnitCost]:
     """Cost of the stem, each unit and the neck + pool, in model order, at batch 1.
 
@@ -67,17 +89,9 @@ def unit_costs(backbone: Backbone, input_size: tuple[int, int] | None = None) ->
         ``stem``, every unit, then ``neck+pool`` (:data:`NECK_POOL`).
     """
     h, w = input_size or backbone.data_config["input_size"][1:]
-    x = torch.zeros(1, 3, int(h), int(w))
     neck_pool = nn.Sequential(backbone.neck, backbone.pool)
-    parts = [("stem", backbone.stem), *backbone.units.items(), (NECK_POOL, neck_pool)]
-    out = []
-    for name, module in parts:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            y = module(x)
-        size = size_of(module)
-        out.append(UnitCost(name, size.params, size.bytes, int(counter.get_total_flops())))
-        x = y
-    return out
+    return chain_costs([("stem", backbone.stem), *backbone.units.items(), (NECK_POOL, neck_pool)],
+                       torch.zeros(1, 3, int(h), int(w)))
 
 
 def task_unit_costs(model: TaskModel, x: torch.Tensor) -> dict[str, UnitCost]:
@@ -90,15 +104,9 @@ def task_unit_costs(model: TaskModel, x: torch.Tensor) -> dict[str, UnitCost]:
     Returns:
         By unit name, in model order.
     """
-    out = {}
     with torch.no_grad():
         h = model.stem(x)
-    for name, unit in zip(model.unit_names, model.units):
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            h = unit(h)
-        size = size_of(unit)
-        out[name] = UnitCost(name, size.params, size.bytes, int(counter.get_total_flops()))
-    return out
+    return {c.name: c for c in chain_costs(zip(model.unit_names, model.units), h)}
 
 
 def plan_from_json(data: dict) -> SharingPlan:
