@@ -80,12 +80,18 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|"]
         for p in variants["points"]:
             lines.append(f"| {p['batch']} | {p['variant']} | {p['median_ms']:.2f} | {p['p90_ms']:.2f} |")
-        lines += ["", f"chosen: **{variants['chosen']}** (the faster at batch {variants['chosen_at_batch']}); export "
-                      "with `--branches` set to this results folder to ship it"]
+        lines += ["", f"chosen: **{variants['chosen']}** ({worst_slowdown_line(variants)}); export with `--branches` "
+                      "set to this results folder to ship it"]
     lines += ["", "ratio = fused median / separate median (lower is better; 1/k would be free tasks). "
               "ideal ratio = the same for FLOPs from the export's sharing plan. added ms/task = L(k) - L(k-1).",
               "Fused and separate are measured alternately in the same process on the same input.", ""]
     return "\n".join(lines)
+
+
+def worst_slowdown_line(variants: dict) -> str:
+    """Why a layout was chosen, in one line: each layout's worst slowdown against the fastest."""
+    worst = ", ".join(f"{k} {v:.3f}" for k, v in variants["worst_slowdown"].items())
+    return f"least worst slowdown against the fastest over batch {', '.join(map(str, variants['batches']))}: {worst}"
 
 
 def settings_line(settings: dict) -> str:

@@ -4,8 +4,9 @@
 is not the device the export will run on (a workstation exporting for a Jetson), this measures the
 layouts there: each is exported again from the task files (the same tasks, weights and batch range
 as the export's manifest, no verification: the export was verified), then the fused graphs are timed
-round-robin in one process at each batch size on the chosen backend. The faster at the first batch
-size is ``variants.chosen`` in results.json, which ``export --branches RESULTS`` then takes.
+round-robin in one process at each batch size on the chosen backend. The layout whose worst slowdown
+against the fastest, over those batch sizes, is least is ``variants.chosen`` in results.json, which
+``export --branches RESULTS`` then takes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from subtune_edge.errors import SubtuneError
 from subtune_edge.exporters import BRANCHES, export_tasks
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import make_runner, parse_backend, read_manifest
-from subtune_edge.runtime.timing import measure_rounds, summarize
+from subtune_edge.runtime.timing import least_worst_slowdown, measure_rounds, summarize
 
 from . import environment
 from .report import SCHEMA
@@ -78,13 +79,16 @@ def bench_variants(export_dir: str | Path, tasks, variants: list[str], config: B
                     runners[0].deactivate()
             for v, samples in got.items():
                 points.append({"batch": batch, "variant": v, **summarize(samples, batch).to_json()})
-    first = [p for p in points if p["batch"] == config.batch_sizes[0]]
-    chosen = min(first, key=lambda p: p["median_ms"])["variant"]
+    medians: dict[int, dict[str, float]] = {}
+    for p in sorted(points, key=lambda p: LAYOUTS.index(p["variant"])):  # ties go to the simpler layout
+        medians.setdefault(p["batch"], {})[p["variant"]] = p["median_ms"]
+    chosen, worst = least_worst_slowdown(medians)
     return {"schema": SCHEMA, "title": f"branch layouts of {manifest.backbone['model_name']}, "
                                        f"{len(manifest.tasks)} tasks, on {spec.name}",
             "suite": None, "environment": environment.describe(), "settings": config.to_json(),
             "export": {"dir": str(Path(export_dir)), "backbone": manifest.backbone["model_name"],
                        "input_size": list(manifest.preprocessing.input_size), "tasks": manifest.task_names},
             "rows": [], "skipped": [],
-            "variants": {"backend": spec.name, "chosen": chosen, "chosen_at_batch": config.batch_sizes[0],
+            "variants": {"backend": spec.name, "chosen": chosen, "batches": list(config.batch_sizes),
+                         "rule": "least worst slowdown over the batches", "worst_slowdown": worst,
                          "points": points}}

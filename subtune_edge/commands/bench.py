@@ -25,7 +25,7 @@ from subtune_edge.bench import (
 from subtune_edge.bench.device_costs import is_cost_table, measure_device_costs
 from subtune_edge.bench.modular import bench_export as bench_modular
 from subtune_edge.bench.modular import write_results as write_modular
-from subtune_edge.bench.report import group_rows
+from subtune_edge.bench.report import group_rows, worst_slowdown_line
 from subtune_edge.bench.variants import bench_variants
 
 from ..backbone import create_backbone, model_args_for_input
@@ -136,7 +136,7 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, 
             bar.close()
         for kind, path in write_report(results, results_dir, param="results_dir").items():
             click.echo(f"wrote {kind}: {path}")
-        click.echo(f"faster layout at batch {results['variants']['chosen_at_batch']}: {results['variants']['chosen']}")
+        click.echo(f"layout to ship: {results['variants']['chosen']} ({worst_slowdown_line(results['variants'])})")
         return
     if suite:
         s = load_suite(suite)

@@ -79,8 +79,36 @@ def export(task_list: str, task_dir: str, out: str, as_json: bool, grouped: bool
                   f"{time.perf_counter() - start:.1f} s")
     _render_files(console, manifest)
     _render_verification(console, manifest)
+    _render_branches(console, manifest)
     _render_int8(console, manifest)
     _render_sizes(console, manifest)
+
+
+def _render_branches(console: Console, manifest: dict) -> None:
+    """Which branch layout ``model.onnx`` has, and why: auto's timings, a bench's results, or no choice to make."""
+    record = manifest.get("branches")
+    if not record:
+        layout = ("grouped" if manifest.get("grouped_branches") else
+                  "stacked" if manifest.get("stacked_branches") else "plain")
+        console.print(f"branches: {layout}")
+        return
+    chosen = record["chosen"]
+    if record.get("reason"):
+        console.print(f"branches: {chosen} ({record['reason']})")
+        return
+    timed = record.get("timed") or ([record] if "plain_ms" in record else [])  # manifests before per-batch timing
+    if timed:
+        table = Table(title=f"branch layouts timed on {record.get('runtime')} (--branches auto)")
+        for col in ("batch", "plain ms", "grouped ms", "grouped / plain"):
+            table.add_column(col, justify="right")
+        for t in timed:
+            table.add_row(str(t.get("batch")), f"{t['plain_ms']:.3f}", f"{t['grouped_ms']:.3f}",
+                          f"{t['grouped_ms'] / t['plain_ms']:.3f}")
+        console.print(table)
+    why = [f"from {record['from']}"] if record.get("from") else []
+    if record.get("worst_slowdown"):
+        why.append("least worst slowdown: " + ", ".join(f"{k} {v:.3f}" for k, v in record["worst_slowdown"].items()))
+    console.print(f"branches: {chosen} ({'; '.join(why) or record.get('mode')})")
 
 
 def _render_int8(console: Console, manifest: dict) -> None:
@@ -240,6 +268,7 @@ def _render_manifest(console: Console, out: str, manifest: Manifest, status: dic
     _render_files(console, data, status)
     try:
         _render_verification(console, data)
+        _render_branches(console, data)
         _render_int8(console, data)
         _render_sizes(console, data)
         if (info.get("plan") or {}).get("cost"):

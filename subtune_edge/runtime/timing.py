@@ -53,6 +53,32 @@ def added_per_task(medians: list[float]) -> list[float]:
     return [m - (medians[i - 1] if i else 0.0) for i, m in enumerate(medians)]
 
 
+def least_worst_slowdown(medians: dict[int, dict[str, float]]) -> tuple[str, dict[str, float]]:
+    """The variant to ship when one file serves several batch sizes: the least worst-case slowdown.
+
+    At each timed batch every variant's median is divided by the fastest variant's there; a variant's
+    worst slowdown is the largest of those ratios over the batches, and the least of those wins (ties
+    go to the variant named first: pass the simpler one first). Deciding at one batch alone picked
+    grouped branches for a 1-7% gain at batch 1 that were up to 1.76x slower at batch 8
+    (``benchmarks/results/branches``).
+
+    Args:
+        medians: per batch, per variant, the median latency (ms); every batch has the same variants.
+
+    Returns:
+        ``(chosen variant, {variant: worst slowdown})``; the chosen one's is 1.0 when it is the fastest
+        at every batch.
+
+    Raises:
+        ValueError: no batches, or batches that timed different variants.
+    """
+    points = list(medians.values())
+    if not points or any(set(p) != set(points[0]) or not p for p in points):
+        raise ValueError("least_worst_slowdown needs every batch to time the same, non-empty variants")
+    worst = {v: max(p[v] / min(p.values()) for p in points) for v in points[0]}
+    return min(worst, key=worst.__getitem__), worst
+
+
 def positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 

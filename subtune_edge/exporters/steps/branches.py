@@ -5,8 +5,10 @@ larger kernels) pay where kernel launches dominate, on GPUs; on a CPU runtime th
 than the plain fused graph (``benchmarks/results/branches``). So an export with groupable tasks
 writes the grouped graph too, checks that it computes the same outputs as ``model.onnx`` (fp32
 tolerance, ONNX Runtime CPU), times both on ``opts.runtime`` with the benchmark's protocol (rounds
-alternated, after warm-up, at the batch TensorRT tunes for), and keeps the faster one as
-``model.onnx``. The manifest's ``branches`` record says what was chosen, from which timings. With a
+alternated, after warm-up) at each batch size the export names (min, opt, max), and keeps as
+``model.onnx`` the layout whose worst slowdown over those batches is least: grouped branches that win
+by a few percent at batch 1 can lose by 1.8x at batch 8, and one file serves the whole range. The
+manifest's ``branches`` record says what was chosen, from which timings. With a
 bench results file (``bench EXPORT --variants plain,grouped`` run on the target device) the choice
 is taken from it instead of measured here.
 """
@@ -25,7 +27,7 @@ from subtune_edge.errors import ExportError
 from subtune_edge.multitask.grouped import grouping_key
 from subtune_edge.runtime import OrtRunner, get_runtime
 from subtune_edge.runtime.compare import FP32, compare_outputs
-from subtune_edge.runtime.timing import Budget, measure_pair, summarize
+from subtune_edge.runtime.timing import Budget, least_worst_slowdown, measure_pair, summarize
 
 from ..inputs import seeded_batch
 from ..onnx_export import export_onnx
@@ -34,8 +36,8 @@ from ..shapes import INPUT_NAME
 from ..verification import step
 from .base import ExportContext, Step
 
-#: how long the choice may take: a few seconds of alternated rounds per export
-BUDGET = Budget(warmup=3, min_runs=10, max_runs=400, seconds=2.0)
+#: how long the choice may take: a few seconds of alternated rounds per batch size timed
+BUDGET = Budget(warmup=2, min_runs=10, max_runs=400, seconds=2.0)
 
 
 def check(opts: ExportOptions) -> None:
@@ -90,6 +92,25 @@ def _time(spec, plain: Path, grouped: Path, batch: int, size, threads) -> tuple[
     return summarize(a, batch).median_ms, summarize(b, batch).median_ms, len(a)
 
 
+def _choose(ctx: ExportContext, grouped: Path) -> dict:
+    """Time both layouts at each batch size of the export's range; keep the least worst slowdown."""
+    spec = get_runtime(ctx.opts.runtime)
+    batches = sorted(set(ctx.batch))
+    timed, medians = [], {}
+    with step("branches", ctx.timings, ctx.progress, f"timing plain against grouped branches on {spec.name} "
+                                                     f"(batch {', '.join(map(str, batches))})"):
+        for batch in batches:
+            plain_ms, grouped_ms, rounds = _time(spec, ctx.staging / "model.onnx", grouped, batch, ctx.size,
+                                                 ctx.opts.threads)
+            medians[batch] = {"plain": plain_ms, "grouped": grouped_ms}
+            timed.append({"batch": batch, "plain_ms": round(plain_ms, 4), "grouped_ms": round(grouped_ms, 4),
+                          "grouped_over_plain": round(grouped_ms / plain_ms, 4), "rounds": rounds})
+    chosen, worst = least_worst_slowdown(medians)
+    return {"chosen": chosen, "runtime": spec.name, "threads": ctx.opts.threads,
+            "rule": "least worst slowdown over the timed batches", "timed": timed,
+            "worst_slowdown": {k: round(v, 4) for k, v in worst.items()}}
+
+
 def run(ctx: ExportContext) -> None:
     mode = "auto" if ctx.opts.branches == "auto" else "results"
     found = groups(ctx)
@@ -113,16 +134,7 @@ def run(ctx: ExportContext) -> None:
         if mode == "results":
             record = choice_from_results(ctx.opts.branches)
         else:
-            spec = get_runtime(ctx.opts.runtime)
-            batch = ctx.batch[1]
-            with step("branches", ctx.timings, ctx.progress, f"timing plain against grouped branches on {spec.name} "
-                                                             f"(batch {batch})"):
-                plain_ms, grouped_ms, rounds = _time(spec, ctx.staging / "model.onnx", candidate, batch, ctx.size,
-                                                     ctx.opts.threads)
-            record = {"chosen": "grouped" if grouped_ms < plain_ms else "plain", "runtime": spec.name,
-                      "batch": batch, "threads": ctx.opts.threads, "plain_ms": round(plain_ms, 4),
-                      "grouped_ms": round(grouped_ms, 4), "grouped_over_plain": round(grouped_ms / plain_ms, 4),
-                      "rounds": rounds}
+            record = _choose(ctx, candidate)
         if record["chosen"] == "grouped":
             shutil.move(str(candidate), ctx.staging / "model.onnx")
             ctx.fused = grouped
