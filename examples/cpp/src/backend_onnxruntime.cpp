@@ -36,7 +36,10 @@ class OnnxRuntimeBackend final : public Backend {
       : env_(ORT_LOGGING_LEVEL_FATAL, "subtune_edge"),  // errors come back as exceptions, never as log lines
         memory_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
     Ort::SessionOptions so;
+    // the Python side's settings for an app's one session (subtune_edge.runtime.onnxruntime.SINGLE_SESSION,
+    // benchmarks/results/session-settings): every graph optimisation, worker threads spinning between runs
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    so.AddConfigEntry("session.intra_op.allow_spinning", "1");
     if (options.threads > 0) so.SetIntraOpNumThreads(options.threads);
     try {
       session_ = std::make_unique<Ort::Session>(env_, model.c_str(), so);

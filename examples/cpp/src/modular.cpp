@@ -56,7 +56,10 @@ class OrtModularEngine final : public ModularEngine {
       : dir_(dir), manifest_(manifest), layout_(std::move(layout)), verify_(options.verify_hashes),
         env_(ORT_LOGGING_LEVEL_FATAL, "subtune_edge_modular"),
         memory_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)) {
+    // as the Python modular runner: the trunk and branch sessions run one after another, so their workers
+    // sleep after a run instead of spinning on the cores the next session needs
     so_.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    so_.AddConfigEntry("session.intra_op.allow_spinning", "0");
     if (options.threads > 0) so_.SetIntraOpNumThreads(options.threads);
     trunk_ = open(layout_.trunk_file);
     branch_sessions_.resize(layout_.branches.size());
