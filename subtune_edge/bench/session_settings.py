@@ -93,7 +93,9 @@ def markdown(results: list[dict], env: dict) -> str:
              f"- machine: {env.get('cpu')}, {env.get('cpus_usable')} usable cores; {env.get('platform')}",
              f"- defaults: {OrtSettings().to_json()}; 2 intra-op threads",
              "- variant / default = median latency with the one setting flipped / with the defaults, measured in "
-             f"alternating blocks of {BLOCK} runs of one session at a time; below 1: the variant is faster.", ""]
+             f"alternating blocks of {BLOCK} runs of one session at a time; below 1: the variant is faster.",
+             "- optimization extended = all of ORT's graph optimisations but its layout ones: the CPU's "
+             "channels-last forms (NCHWc blocked convolutions, NHWC for quantized ones) are what `all` adds.", ""]
     for r in results:
         lines += section(f"{r['model']} {r['size']} px, {r['file']}",
                          f"load before {r['load']['before']}, after {r['load']['after']}",
