@@ -111,14 +111,14 @@ def test_bench_variants_on_the_target_then_export_takes_its_choice(cost_runtimes
                               str(tmp_path / "e1"), "--batch", "1:4", "--branches", "plain", "--no-verify"])
     assert first.exit_code == 0, first.output
     bench = cli.invoke(main, ["bench", str(tmp_path / "e1"), "--variants", "plain,grouped", "--task-dir",
-                              str(tmp_path / "tasks"), "--backend", "grouped-cheap", "--batch", "1,2", "--seconds", "0",
-                              "--results", str(tmp_path / "r")])
+                              str(tmp_path / "tasks"), "--backend", "grouped-cheap", "--seconds", "0",
+                              "--results", str(tmp_path / "r")])  # no --batch: the export's range, 1 and 4
     assert bench.exit_code == 0, bench.output
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["variants"]["chosen"] == "grouped" and results["rows"] == []
-    assert results["variants"]["batches"] == [1, 2] and results["variants"]["worst_slowdown"]["grouped"] == 1.0
+    assert results["variants"]["batches"] == [1, 4] and results["variants"]["worst_slowdown"]["grouped"] == 1.0
     assert sorted((p["batch"], p["variant"]) for p in results["variants"]["points"]) == [
-        (1, "grouped"), (1, "plain"), (2, "grouped"), (2, "plain")]
+        (1, "grouped"), (1, "plain"), (4, "grouped"), (4, "plain")]
     second = cli.invoke(main, ["export", "--tasks", "t0,t1,t2", "--task-dir", str(tmp_path / "tasks"), "--out",
                                str(tmp_path / "e2"), "--batch", "1:4", "--branches", str(tmp_path / "r"), "--json"])
     assert second.exit_code == 0, second.output

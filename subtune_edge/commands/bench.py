@@ -32,7 +32,7 @@ from ..backbone import create_backbone, model_args_for_input
 from ..errors import SubtuneError
 from ..io import atomic_write_json
 from ..progress import Event
-from ..runtime import runtime_names, runtimes
+from ..runtime import read_manifest, runtime_names, runtimes
 from ._options import parse_input_size, split_csv, weights_option
 
 POSITIVE = click.IntRange(min=1)
@@ -96,7 +96,8 @@ def _progress():
                    "separate/<task>.int8.onnx; export with --separate --int8). INT8 rows add fused / fused fp32.")
 @click.option("--variants", default=None, metavar="plain,grouped",
               help="Compare branch layouts of the export's tasks on this device instead (needs --task-dir): each "
-                   "layout exported again and timed round-robin; results.json's variants.chosen is what "
+                   "layout exported again and timed round-robin at each --batch (default: the export's min, opt "
+                   "and max); the one with the least worst slowdown is results.json's variants.chosen, which "
                    "`export --branches RESULTS` ships.")
 def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, threads, seconds, max_tasks,
           modular: bool = False, precisions: str = "fp32", variants: str | None = None) -> None:
@@ -126,7 +127,10 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, 
         if not export_dir or not task_dir:
             raise click.UsageError("--variants rebuilds the layouts of EXPORT_DIR's tasks: give it and --task-dir")
         tasks, _ = load_bench_tasks(export_dir, task_dir, weights)
-        config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=batches or [1], threads=threads)
+        # by default the batches export --branches auto times: the export's min, opt and max
+        sizes = batches or sorted({getattr(read_manifest(export_dir, verify_files=False).batch, k)
+                                   for k in ("min", "opt", "max")})
+        config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=sizes, threads=threads)
         if seconds is not None:
             config.budget.seconds = seconds
         bar, progress = _progress()
