@@ -8,7 +8,7 @@ row says which was faster there, how much slower auto's choice was (1.0: not at 
 for the earlier rule (the faster at batch 1 alone). Writes
 ``benchmarks/results/branches/{results.json, README.md}``.
 
-    python -m subtune_edge.bench.branches                              # 2 runs, about 9 minutes on 2 cores
+    python -m subtune_edge.bench.branches                              # 2 runs, about 8 minutes on 2 cores
     python -m subtune_edge.bench.branches --quick --out /tmp/br     # resnet18 64 px, k = 2
 """
 
