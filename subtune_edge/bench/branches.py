@@ -27,7 +27,7 @@ from subtune_edge.backbone import create_backbone, model_args_for_input
 from subtune_edge.exporters import export_tasks
 from subtune_edge.io import atomic_write_bytes, atomic_write_json
 from subtune_edge.runtime import make_runner
-from subtune_edge.runtime.timing import Budget, measure_pair, summarize
+from subtune_edge.runtime.timing import Budget, measure_files, summarize
 from subtune_edge.synthetic import synthetic_task
 
 from .export_time import load, machine, trained_like_weights
@@ -44,16 +44,11 @@ THREADS = 2
 def _time_both(files: dict[str, Path], batch: int, size: int, seconds: float) -> tuple[float, float, int, list]:
     """Median ms of plain and grouped at ``batch``, alternated round by round, and the load before."""
     x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
-    plain, grouped = (make_runner("ort-cpu", files[v], threads=THREADS) for v in ("plain", "grouped"))
-    try:
-        plain.stage({"input": x})
-        grouped.stage({"input": x})
-        before = load()
-        a, b = measure_pair([plain], [grouped], Budget(warmup=3, min_runs=10, max_runs=2000, seconds=seconds))
-    finally:
-        plain.deactivate()
-        grouped.deactivate()
-    return summarize(a, batch).median_ms, summarize(b, batch).median_ms, len(a), before
+    before = load()
+    got = measure_files({v: make_runner("ort-cpu", files[v], threads=THREADS) for v in ("plain", "grouped")},
+                        {"input": x}, Budget(warmup=3, min_runs=10, max_runs=2000, seconds=seconds))
+    median = {v: summarize(samples, batch).median_ms for v, samples in got.items()}
+    return median["plain"], median["grouped"], len(got["plain"]), before
 
 
 def run_model(model: str, size: int, units: str, ks: list[int], seconds: float, work: Path, bar: tqdm,
@@ -80,8 +75,8 @@ def run_model(model: str, size: int, units: str, ks: list[int], seconds: float, 
             best = min(pm, gm)
             ms = {"plain": pm, "grouped": gm}
             rows.append({"run": run, "model": model, "size": size, "units": units, "k": k, "batch": batch,
-                         "plain_ms": pm,
-                         "grouped_ms": gm, "grouped_over_plain": gm / pm, "faster": "grouped" if gm < pm else "plain",
+                         "plain_ms": pm, "grouped_ms": gm, "grouped_over_plain": gm / pm,
+                         "faster": "grouped" if gm < pm else "plain",
                          "auto": record["chosen"], "auto_slowdown": ms[record["chosen"]] / best,
                          "auto_record": {key: record.get(key) for key in ("timed", "worst_slowdown", "rule")},
                          "batch1_rule": at_first, "batch1_rule_slowdown": ms[at_first] / best,

@@ -20,7 +20,7 @@ from subtune_edge.errors import SubtuneError
 from subtune_edge.exporters import BRANCHES, export_tasks
 from subtune_edge.progress import Progress, emit
 from subtune_edge.runtime import make_runner, parse_backend, read_manifest
-from subtune_edge.runtime.timing import least_worst_slowdown, measure_rounds, summarize
+from subtune_edge.runtime.timing import least_worst_slowdown, measure_files, summarize
 
 from . import environment
 from .report import SCHEMA
@@ -69,14 +69,8 @@ def bench_variants(export_dir: str | Path, tasks, variants: list[str], config: B
         for i, batch in enumerate(config.batch_sizes):
             emit(progress, "bench", f"{', '.join(variants)} at batch {batch}", i, len(config.batch_sizes))
             x = np.random.default_rng(config.seed).standard_normal((batch, 3, *size)).astype(np.float32)
-            sides = {v: [make_runner(spec.name, f, threads=config.threads)] for v, f in files.items()}
-            try:
-                for runners in sides.values():
-                    runners[0].stage({"input": x})
-                got = measure_rounds(sides, config.budget)
-            finally:
-                for runners in sides.values():
-                    runners[0].deactivate()
+            got = measure_files({v: make_runner(spec.name, f, threads=config.threads) for v, f in files.items()},
+                                {"input": x}, config.budget)
             for v, samples in got.items():
                 points.append({"batch": batch, "variant": v, **summarize(samples, batch).to_json()})
     medians: dict[int, dict[str, float]] = {}

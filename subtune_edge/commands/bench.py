@@ -128,8 +128,7 @@ def bench(export_dir, suite, backends, batches, results_dir, task_dir, weights, 
             raise click.UsageError("--variants rebuilds the layouts of EXPORT_DIR's tasks: give it and --task-dir")
         tasks, _ = load_bench_tasks(export_dir, task_dir, weights)
         # by default the batches export --branches auto times: the export's min, opt and max
-        sizes = batches or sorted({getattr(read_manifest(export_dir, verify_files=False).batch, k)
-                                   for k in ("min", "opt", "max")})
+        sizes = batches or read_manifest(export_dir, verify_files=False).batch.sizes
         config = BenchConfig(backends=backend_list or ["ort-cpu"], batch_sizes=sizes, threads=threads)
         if seconds is not None:
             config.budget.seconds = seconds

@@ -66,6 +66,11 @@ class BatchRange:
     dynamic: bool
 
     @property
+    def sizes(self) -> list[int]:
+        """The distinct batch sizes it names (min, opt, max): what a layout choice is timed at."""
+        return sorted({self.min, self.opt, self.max})
+
+    @property
     def dim(self) -> int | str:
         """The batch dimension as the shapes state it: ``"batch"`` when dynamic, else the fixed size."""
         return BATCH_DIM if self.dynamic else self.min

@@ -59,7 +59,7 @@ def least_worst_slowdown(medians: dict[int, dict[str, float]]) -> tuple[str, dic
     At each timed batch every variant's median is divided by the fastest variant's there; a variant's
     worst slowdown is the largest of those ratios over the batches, and the least of those wins (ties
     go to the variant named first: pass the simpler one first). Deciding at one batch alone picked
-    grouped branches for a 1-7% gain at batch 1 that were up to 1.76x slower at batch 8
+    grouped branches for a 0-7% gain at batch 1 that were up to 1.84x slower at batch 8
     (``benchmarks/results/branches``).
 
     Args:
@@ -142,6 +142,29 @@ def measure_rounds(sides: dict[str, list[Runner]], budget: Budget) -> dict[str, 
         if rounds >= budget.min_runs and time.perf_counter() - start >= budget.seconds:
             break
     return samples
+
+
+def measure_files(runners: dict[str, Runner], feed: dict[str, np.ndarray], budget: Budget) -> dict[str, list[float]]:
+    """Stage one feed on each runner, time them round-robin (:func:`measure_rounds`), deactivate them.
+
+    How a choice between files of the same graph (plain vs grouped branches) is timed: every side sees
+    the same input, and every session is released even when a run fails.
+
+    Args:
+        runners: one runner per side, not yet staged.
+        feed: the input arrays by name.
+        budget: warm-up and stopping rule.
+
+    Returns:
+        Per side, one latency (ms) per round.
+    """
+    try:
+        for r in runners.values():
+            r.stage(feed)
+        return measure_rounds({name: [r] for name, r in runners.items()}, budget)
+    finally:
+        for r in runners.values():
+            r.deactivate()
 
 
 def measure_pair(fused: list[Runner], separate: list[Runner], budget: Budget) -> tuple[list[float], list[float]]:

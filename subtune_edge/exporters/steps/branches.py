@@ -27,7 +27,7 @@ from subtune_edge.errors import ExportError
 from subtune_edge.multitask.grouped import grouping_key
 from subtune_edge.runtime import OrtRunner, get_runtime
 from subtune_edge.runtime.compare import FP32, compare_outputs
-from subtune_edge.runtime.timing import Budget, least_worst_slowdown, measure_pair, summarize
+from subtune_edge.runtime.timing import Budget, least_worst_slowdown, measure_files, summarize
 
 from ..inputs import seeded_batch
 from ..onnx_export import export_onnx
@@ -81,15 +81,10 @@ def choice_from_results(path: str) -> dict:
 
 def _time(spec, plain: Path, grouped: Path, batch: int, size, threads) -> tuple[float, float, int]:
     x = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
-    runners = [spec.runner(plain, threads=threads), spec.runner(grouped, threads=threads)]
-    try:
-        for r in runners:
-            r.stage({INPUT_NAME: x})
-        a, b = measure_pair([runners[0]], [runners[1]], BUDGET)
-    finally:
-        for r in runners:
-            r.deactivate()
-    return summarize(a, batch).median_ms, summarize(b, batch).median_ms, len(a)
+    files = {"plain": plain, "grouped": grouped}
+    got = measure_files({v: spec.runner(f, threads=threads) for v, f in files.items()}, {INPUT_NAME: x}, BUDGET)
+    median = {v: summarize(samples, batch).median_ms for v, samples in got.items()}
+    return median["plain"], median["grouped"], len(got["plain"])
 
 
 def _choose(ctx: ExportContext, grouped: Path) -> dict:
